@@ -1,0 +1,78 @@
+# Quick start on a fresh Debian 12 machine, as root:  make demo   and   make test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PREFIX ?= /usr/local
+
+# System packages the demo, the suite and the benchmarks use (installed only when missing).
+APT_RUNTIME := iproute2 iputils-ping procps util-linux nftables curl
+APT_TEST := $(APT_RUNTIME) wget bind9-dnsutils dnsmasq-base netcat-openbsd tcpdump iperf3 \
+	anytun uanytun kamailio sip-tester redis-server valgrind gcc libc6-dev make psmisc ethtool \
+	socat python3-venv
+APT_BENCH := $(APT_TEST) rtpengine-daemon linux-perf
+
+.PHONY: help deps-runtime deps-test deps-bench venv build install demo test test-unit lint \
+	bench clean
+
+help:
+	@echo "make demo     install what is needed and run the anycast lab demo"
+	@echo "make test     install test dependencies and run the whole suite"
+	@echo "make lint     ruff over the Python code"
+	@echo "make bench    benchmarks against the real peers (prints ratios)"
+	@echo "make install  install the package and put libaarp.so into $(PREFIX)/lib"
+
+define apt_install
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "== installing system packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing \
+	    || { echo "apt-get install failed (are you root?)"; exit 1; }; \
+	fi
+endef
+
+deps-runtime:
+	$(call apt_install,$(APT_RUNTIME))
+deps-test:
+	$(call apt_install,$(APT_TEST))
+deps-bench:
+	$(call apt_install,$(APT_BENCH))
+
+$(VENV)/.stamp: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=23" "setuptools>=68" wheel
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.stamp
+
+# Recompile shim_c/ in place (the editable install does it once; this keeps it current).
+build: venv
+	$(PY) setup.py -q build_ext --inplace
+
+demo: deps-runtime build
+	$(PY) -m aarp.demo
+
+lint: venv
+	$(VENV)/bin/ruff check aarp relay tests bench setup.py
+
+test: deps-test build lint
+	$(VENV)/bin/pytest -n 2 --dist loadgroup tests
+
+test-unit: build
+	$(VENV)/bin/pytest tests/unit
+
+bench: deps-bench build
+	$(PY) -m bench
+
+install: build
+	$(PY) -m pip install -q .
+	install -D -m 0755 aarp/libaarp.so $(DESTDIR)$(PREFIX)/lib/libaarp.so
+	[ -n "$(DESTDIR)" ] || ldconfig
+	@echo "installed $(PREFIX)/lib/libaarp.so: LD_PRELOAD=libaarp.so CMD now works"
+
+clean:
+	rm -rf build *.egg-info aarp/libaarp.so .pytest_cache .ruff_cache

@@ -1,0 +1,68 @@
+"""anytun-relay: command line of the daemon.
+
+The parser is composed from the modes: each mode module contributes its options
+(`add_arguments(parser)`) and turns parsed options into services
+(`services_from_args(args) -> list[Service]`, raising ConfigError on a user mistake).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+
+from relay.daemon import ConfigError, run_services
+
+# Each module provides add_arguments() and services_from_args(); missing ones are skipped
+# so that a partial checkout still starts.
+MODE_MODULES = ("relay.tunnel_cli", "relay.rtpproxy.cli")
+
+
+def _modes() -> list:
+    mods = []
+    for name in MODE_MODULES:
+        try:
+            mods.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return mods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anytun-relay",
+        description="Anycast tunnel endpoint speaking SATP (wire-compatible with anytun and "
+        "uanytun, and accepting their options), anycast tunnel server, rtpproxy-protocol "
+        "media relay, with state sync between the servers of one anycast address.",
+    )
+    for mod in _modes():
+        mod.add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        services = [svc for mod in _modes() for svc in mod.services_from_args(args)]
+        if not services:
+            raise ConfigError("nothing to do: configure a tunnel or relay mode (--rtpproxy)")
+    except ConfigError as exc:
+        print(f"anytun-relay: {exc}", file=sys.stderr)
+        return 2
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(run_services(services))
+    except ConfigError as exc:
+        print(f"anytun-relay: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

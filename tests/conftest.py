@@ -1,0 +1,59 @@
+"""Shared fixtures: the anycast lab (network namespaces), privileges, cleanup checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from aarp.lab import AnycastLab, netns
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, capability: str) -> None:
+    """Skip for a missing capability on a developer machine; in CI the core paths must run."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"CI lacks {capability}")
+        pytest.skip(f"needs {capability}")
+
+
+def require_program(name: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"the program {name!r} (run 'make test' to install it)")
+    return path  # type: ignore[return-value]
+
+
+@pytest.fixture
+def lab_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., AnycastLab]]:
+    """Build labs for one test; all of them are deleted afterwards, also on failure."""
+    require(os.geteuid() == 0, "root (CAP_NET_ADMIN) for network namespaces")
+    require(shutil.which("ip") is not None, "iproute2")
+    labs: list[AnycastLab] = []
+
+    def make(**kwargs: object) -> AnycastLab:
+        kwargs.setdefault("tag", request.node.name[:10])
+        lab = AnycastLab(**kwargs)  # type: ignore[arg-type]
+        labs.append(lab)
+        return lab
+
+    yield make
+    for lab in labs:
+        lab.close()
+
+
+@pytest.fixture
+def lab(lab_factory: Callable[..., AnycastLab]) -> AnycastLab:
+    """A lab with one client, a router and two anycast servers."""
+    return lab_factory()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    mine = [n for n in netns.list_namespaces() if n.startswith(f"{netns.PREFIX}-{os.getpid()}-")]
+    for name in mine:
+        netns.kill_namespace(name)
+    if mine:
+        print(f"\nWARNING: deleted {len(mine)} namespace(s) a test left behind: {mine}")
