@@ -68,11 +68,19 @@ test-unit: build
 bench: deps-bench build
 	$(PY) -m bench
 
-install: build
-	$(PY) -m pip install -q .
-	install -D -m 0755 aarp/libaarp.so $(DESTDIR)$(PREFIX)/lib/libaarp.so
+# System-wide: a private venv under $(PREFIX)/lib, the commands linked into $(PREFIX)/bin and
+# libaarp.so in $(PREFIX)/lib, so the literal LD_PRELOAD=libaarp.so CMD works.
+INSTALL_VENV := $(DESTDIR)$(PREFIX)/lib/anycast-toolkit
+install: deps-runtime
+	$(PYTHON) -m venv $(INSTALL_VENV)
+	$(INSTALL_VENV)/bin/pip install -q --upgrade "pip>=23"
+	$(INSTALL_VENV)/bin/pip install -q .
+	install -D -m 0755 "$$($(INSTALL_VENV)/bin/aarp-shim --path)" $(DESTDIR)$(PREFIX)/lib/libaarp.so
+	mkdir -p $(DESTDIR)$(PREFIX)/bin
+	for c in aarp-resolve aarp-responder aarp-shim anytun-relay; do \
+	  ln -sf $(PREFIX)/lib/anycast-toolkit/bin/$$c $(DESTDIR)$(PREFIX)/bin/$$c; done
 	[ -n "$(DESTDIR)" ] || ldconfig
-	@echo "installed $(PREFIX)/lib/libaarp.so: LD_PRELOAD=libaarp.so CMD now works"
+	@echo "installed: $(PREFIX)/bin/{aarp-resolve,aarp-responder,aarp-shim,anytun-relay}, $(PREFIX)/lib/libaarp.so"
 
 clean:
 	rm -rf build *.egg-info aarp/libaarp.so .pytest_cache .ruff_cache
