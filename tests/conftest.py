@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,15 @@ def require_program(name: str) -> str:
     path = shutil.which(name)
     require(path is not None, f"the program {name!r} (run 'make test' to install it)")
     return path  # type: ignore[return-value]
+
+
+def tool(name: str) -> str:
+    """Absolute path of one of this package's commands (aarp-resolve, anytun-relay, ...) in the
+    environment running the tests; the venv's bin/ need not be on PATH."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        pytest.fail(f"{path} missing: is the package installed in this environment?")
+    return str(path)
 
 
 @pytest.fixture
