@@ -55,7 +55,7 @@ def chapter_lab(lab: AnycastLab, story: Story) -> None:
 
 
 # Later chapters live beside their features: "module:function", run in this order.
-CHAPTER_REFS: list[str] = []
+CHAPTER_REFS: list[str] = ["aarp.demo_resolve:chapter_resolve"]
 
 
 def chapters() -> list[Callable[[AnycastLab, Story], None]]:

@@ -3,19 +3,151 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import signal
 import sys
+
+from aarp import config as aconfig
+from aarp.responder import DEFAULT_BURST, DEFAULT_RATE, DEFAULT_TTL
+from aarp.responder_service import ResponderError, ResponderService
+
+LOG_LEVELS = {"off": logging.CRITICAL + 10, "error": logging.ERROR, "info": logging.INFO,
+              "debug": logging.DEBUG}
+
+
+class UsageError(Exception):
+    pass
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+    p = argparse.ArgumentParser(
         prog="aarp-responder",
         description="Answer AARP probes (ICMP echo and UDP) for this server's anycast addresses "
-        "with this server's unicast address, from the anycast address itself.",
+        "with this server's unicast address, from the anycast address itself. Runs in the "
+        "foreground until SIGTERM/SIGINT.",
+        epilog="Keys, port and log level default to /etc/aarp.conf (AARP_CONF) and AARP_* "
+        "variables.",
     )
+    p.add_argument("--anycast", action="append", default=[], metavar="ADDR",
+                   help="an anycast address to serve (repeatable, or comma-separated); default: "
+                   "the single-address 'anycast' entries of the configuration")
+    p.add_argument("--unicast", action="append", default=[], metavar="ADDR",
+                   help="the unicast address to announce, one per family (repeatable); default: "
+                   "a global address of that family on a non-loopback interface")
+    p.add_argument("--port", type=int, help="UDP port (default: config 'port', 4445)")
+    p.add_argument("--ttl", type=int, default=DEFAULT_TTL,
+                   help=f"seconds clients may cache the answer (default {DEFAULT_TTL})")
+    p.add_argument("--key", metavar="HEX", help="sign answers with this HMAC-SHA256 key "
+                   "(16-64 bytes in hex; default: config 'key')")
+    p.add_argument("--key-id", type=int, metavar="N", help="key identifier 0-255 sent with "
+                   "signed answers (default: config 'key_id', 0)")
+    p.add_argument("--no-icmp", action="store_true", help="do not answer ICMP echo queries "
+                   "(then no raw socket and no privilege is needed)")
+    p.add_argument("--no-udp", action="store_true", help="do not answer UDP queries")
+    p.add_argument("--rate", type=float, default=DEFAULT_RATE,
+                   help=f"answers per second per source (default {DEFAULT_RATE:g})")
+    p.add_argument("--burst", type=int, default=DEFAULT_BURST,
+                   help=f"burst of answers per source (default {DEFAULT_BURST})")
+    p.add_argument("--config", metavar="PATH", help="configuration file (default: $AARP_CONF "
+                   "or /etc/aarp.conf)")
+    p.add_argument("--log", choices=tuple(LOG_LEVELS), help="log level on stderr "
+                   "(default: config 'log', else error)")
+    p.add_argument("-v", "--verbose", action="store_true", help="same as --log info")
+    p.add_argument("--status", action="store_true", help="print the status as JSON on exit")
+    return p
+
+
+def _addresses(values: list[str], what: str) -> list[str]:
+    out = []
+    for value in values:
+        for item in value.replace(",", " ").split():
+            try:
+                out.append(str(ipaddress.ip_address(item)))
+            except ValueError:
+                raise UsageError(f"{what} '{item}' is not an IP address") from None
+    return out
+
+
+def service_from_args(args: argparse.Namespace, cfg: aconfig.Config) -> ResponderService:
+    anycast = _addresses(args.anycast, "--anycast")
+    if not anycast:
+        anycast = [str(p.network_address) for p in cfg.anycast
+                   if p.prefixlen == p.max_prefixlen]
+    if not anycast:
+        raise UsageError("no anycast address to serve: give --anycast ADDR (or single "
+                         "addresses in the configuration's 'anycast')")
+    unicast = _addresses(args.unicast, "--unicast")
+    if set(unicast) & set(anycast):
+        raise UsageError("--unicast must not be one of the anycast addresses")
+    if len({ipaddress.ip_address(u).version for u in unicast}) != len(unicast):
+        raise UsageError("--unicast takes at most one address per family")
+    key = cfg.key
+    if args.key is not None:
+        try:
+            key = bytes.fromhex(args.key)
+        except ValueError:
+            raise UsageError("--key must be hex") from None
+        if not 16 <= len(key) <= 64:
+            raise UsageError("--key must be 16-64 bytes (32-128 hex digits)")
+    key_id = cfg.key_id if args.key_id is None else args.key_id
+    port = cfg.port if args.port is None else args.port
+    for name, value, lo, hi in (("--key-id", key_id, 0, 255), ("--port", port, 1, 65535),
+                                ("--ttl", args.ttl, 0, 0xFFFFFFFF), ("--burst", args.burst, 1,
+                                                                     10**6)):
+        if not lo <= value <= hi:
+            raise UsageError(f"{name} must be {lo}-{hi}")
+    if not args.rate > 0:
+        raise UsageError("--rate must be above 0")
+    return ResponderService.from_options(
+        anycast, unicast, ttl=args.ttl, key=key, key_id=key_id, port=port,
+        icmp=not args.no_icmp, udp=not args.no_udp, rate=args.rate, burst=args.burst)
+
+
+async def _serve(service: ResponderService) -> None:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await service.start()
+    try:
+        await stopping.wait()
+    finally:
+        await service.stop()
+        logging.getLogger("aarp.responder").info("stopped: %s",
+                                                 json.dumps(service.status()["counters"]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = aconfig.load(args.config)
+    except aconfig.ConfigError as exc:
+        print(f"aarp-responder: {exc}", file=sys.stderr)
+        return 2
+    level = "info" if args.verbose else (args.log or cfg.log or "error")
+    logging.basicConfig(level=LOG_LEVELS[level], format="aarp-responder: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    try:
+        service = service_from_args(args, cfg)
+    except UsageError as exc:
+        print(f"aarp-responder: {exc}", file=sys.stderr)
+        return 2
+    except ResponderError as exc:
+        print(f"aarp-responder: {exc}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(_serve(service))
+    except ResponderError as exc:
+        print(f"aarp-responder: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    if args.status:
+        print(json.dumps(service.status()))
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import re
 import shlex
 import signal
@@ -80,6 +81,16 @@ def sweep_stale() -> list[str]:
     return removed
 
 
+def _as_user(user: str) -> list[str]:
+    """setpriv prefix running as `user` with its primary group (Debian's nobody has no
+    group of its own name)."""
+    try:
+        gid = str(pwd.getpwnam(user).pw_gid)
+    except KeyError:
+        gid = user
+    return ["setpriv", f"--reuid={user}", f"--regid={gid}", "--init-groups"]
+
+
 @dataclass
 class Host:
     """One namespace. `name` is the short role ("cli", "rtr", "s1"), `ns` the real netns name."""
@@ -97,7 +108,7 @@ class Host:
         """Run a command in this namespace; a string is run through sh -c."""
         cmd = ["sh", "-c", argv] if isinstance(argv, str) else list(argv)
         if user:
-            cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *cmd]
+            cmd = [*_as_user(user), *cmd]
         proc = subprocess.run(self.argv(cmd), capture_output=True, text=True, timeout=timeout,
                               env=env, input=input)
         if check and proc.returncode != 0:
@@ -110,7 +121,7 @@ class Host:
         """Start a background process in this namespace; it is killed when the lab closes."""
         cmd = ["sh", "-c", argv] if isinstance(argv, str) else list(argv)
         if user:
-            cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *cmd]
+            cmd = [*_as_user(user), *cmd]
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
         proc = subprocess.Popen(self.argv(cmd), env=env, start_new_session=True, **kwargs)
