@@ -9,10 +9,11 @@ PREFIX ?= /usr/local
 APT_RUNTIME := iproute2 iputils-ping procps util-linux nftables curl
 APT_TEST := $(APT_RUNTIME) wget bind9-dnsutils dnsmasq-base netcat-openbsd tcpdump iperf3 \
 	anytun uanytun kamailio sip-tester redis-server valgrind gcc libc6-dev make psmisc ethtool \
-	socat python3-venv
+	socat python3-venv libssl-dev clang libclang-rt-14-dev
 APT_BENCH := $(APT_TEST) rtpengine-daemon linux-perf
+APT_DEMO := $(APT_RUNTIME) kamailio sip-tester
 
-.PHONY: help deps-runtime deps-test deps-bench venv build install demo test test-unit lint \
+.PHONY: help deps-runtime deps-test deps-bench deps-demo venv build install demo test test-unit lint \
 	bench clean
 
 help:
@@ -40,6 +41,8 @@ deps-test:
 	$(call apt_install,$(APT_TEST))
 deps-bench:
 	$(call apt_install,$(APT_BENCH))
+deps-demo:
+	$(call apt_install,$(APT_DEMO))
 
 $(VENV)/.stamp: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -53,7 +56,7 @@ venv: $(VENV)/.stamp
 build: venv
 	$(PY) setup.py -q build_ext --inplace
 
-demo: deps-runtime build
+demo: deps-demo build
 	$(PY) -m aarp.demo
 
 lint: venv

@@ -226,12 +226,18 @@ def config_text(cfg: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
+_installed: dict[str, str] = {}
+
+
 def resolution(address: str, cfg: Config) -> Resolution:
     """What libaarp.so does for `address` under `cfg`, probed afresh, as an aarp.resolver
     Resolution (for `aarp-resolve --via-shim`); raises the resolver's ResolveError family."""
     from aarp.resolver import Resolution
 
-    use_config_text(config_text(cfg), cfg.source or "aarp.conf")
+    text = config_text(cfg)
+    if _installed.get("text") != text:  # each install keeps the old one alive: only on change
+        use_config_text(text, cfg.source or "aarp.conf")
+        _installed["text"] = text
     cache_flush()
     start = time.monotonic()
     res = resolve(str(address))

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/time.h>
 
 int main(int argc, char **argv)
 {
@@ -59,6 +60,20 @@ int main(int argc, char **argv)
     rc = connect(fd, (struct sockaddr *)&ss, 3);
     CHECK(rc == -1 && errno == EINVAL, "short sockaddr: rc=%d errno=%s", rc, strerror(errno));
     close(fd);
+    /* 5. a 24-byte IPv6 sockaddr (RFC 2133, no scope id) is pinned like a full one */
+    len = parse_sockaddr(argv[1], atoi(argv[2]), &ss);
+    if (ss.ss_family == AF_INET6 && memcmp(((struct sockaddr_in6 *)&ss)->sin6_addr.s6_addr,
+                                           "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) != 0) {
+        fd = socket(AF_INET6, SOCK_STREAM, 0);
+        struct timeval tv = {3, 0}; /* unpinned kernel anycast would hang: bound it */
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        CHECK(connect(fd, (struct sockaddr *)&ss, 24) == 0, "24-byte sockaddr: %s",
+              strerror(errno));
+        memset(name, 0, sizeof name);
+        CHECK(read(fd, name, sizeof name - 1) > 0 && strcmp(name, argv[3]) == 0,
+              "24-byte sockaddr: server '%s'", name);
+        close(fd);
+    }
     printf("ok\n");
     return 0;
 }

@@ -221,6 +221,32 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as s:
 """
 
 
+FORK_DURING_PROBE = r"""
+import os, socket, sys, threading, time
+aa, port = sys.argv[1], int(sys.argv[2])
+def who():
+    with socket.create_connection((aa, port), timeout=10) as s:
+        return s.recv(64).decode()
+t = threading.Thread(target=who)
+t.start()
+time.sleep(0.3)  # the thread is probing now
+pid = os.fork()
+if pid == 0:
+    links = []
+    for f in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{f}"))
+        except OSError:
+            pass  # the directory listing's own descriptor
+    print("sockets", sum(ln.startswith("socket:") for ln in links), flush=True)
+    print("child", who(), flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+t.join()
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def test_silent_anycast_fails_open_in_bounded_time(lab: AnycastLab) -> None:
     start_whoami(lab)
     lab.server(1).run(["nft", "-f", "-"], input=SILENCE)
@@ -239,3 +265,11 @@ def test_silent_anycast_fails_open_in_bounded_time(lab: AnycastLab) -> None:
                          check=False, timeout=8)
     assert out.returncode == 0 and out.stdout.split() == ["s1", AA6], out.stdout + out.stderr
     assert any("interrupted by a signal" in ln for ln in log_lines(out.stderr)), out.stderr
+    # fork() while another thread probes: the child has none of the probe's sockets and does
+    # not wait for a probe nobody in it will finish; it probes itself.
+    out = lab.client.run(preloaded([sys.executable, "-c", FORK_DURING_PROBE, AA6, PORT],
+                                   AARP_LOG="debug", AARP_TIMEOUT_MS="800"),
+                         check=False, timeout=20)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.split("\n")[:2] == ["sockets 1", "child s1"], out.stdout + out.stderr
+    assert sum("query 1 sent" in ln for ln in log_lines(out.stderr)) == 2, out.stderr
