@@ -13,7 +13,6 @@ import itertools
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +144,13 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         with kamailio_log.open("w") as out:
             s1.popen(["kamailio", "-f", str(work / "kamailio.cfg"), "-DD", "-E", "-Y", str(work)],
                      stdout=out, stderr=subprocess.STDOUT)
+        # a second Kamailio that reaches the relay over its Unix socket
+        (work / "unix").mkdir()
+        (work / "unix" / "kamailio.cfg").write_text(labkit.kamailio_cfg(
+            [f"udp:{s1.ip4}:5090"], f"unix:{unix}", [SipRoute(None, f"sip:{uas.ip4}:5060")]))
+        with (work / "unix" / "kamailio.log").open("w") as out:
+            s1.popen(["kamailio", "-f", str(work / "unix" / "kamailio.cfg"), "-DD", "-E",
+                      "-Y", str(work / "unix")], stdout=out, stderr=subprocess.STDOUT)
         for ip, port, media, scenario in (
                 (uas.ip4, 5060, 6000, ["-sn", "uas"]),
                 (uas.ip4, 5070, 6100, ["-sf", str(work / "uas_hold.xml")]),
@@ -154,6 +160,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
                        "-rtp_echo", "-nostdin"], cwd=str(work), stdout=subprocess.DEVNULL,
                       stderr=subprocess.DEVNULL)
         wait_port(s1, 5060, "udp")
+        wait_port(s1, 5090, "udp")
         for port in (5060, 5070, 5080):
             wait_port(uas, port, "udp")
         labkit.wait_for(lambda: kamailio_log.read_text().count("support for it enabled") >= 1,
@@ -256,6 +263,16 @@ def test_nat_latching_from_an_unexpected_source_port(rig: Rig) -> None:
     assert 0.9 * SHORT <= delivered <= SHORT, counted
 
 
+def test_kamailio_over_the_unix_socket(rig: Rig) -> None:
+    klog = rig.work / "unix" / "kamailio.log"
+    labkit.wait_for(lambda: f"rtp proxy <unix:{rig.unix}> found" in klog.read_text(), 10,
+                    what="Kamailio finding the relay's Unix socket")
+    rig.sipp(rig.lab.clients[0], rig.short(), "plain", "unix", dest=f"{rig.s1.ip4}:5090")
+    (d,) = labkit.wait_for(lambda: rig.closed("unix"), 10, what="the call over unix:")
+    assert d["reason"] == "deleted"
+    legs_ok(d, SHORT)
+
+
 def test_ipv6_call(rig: Rig) -> None:
     rig.sipp(rig.lab.clients[0], rig.short(), "v6", "ipv6", v6=True)
     (d,) = labkit.wait_for(lambda: rig.closed("ipv6"), 10, what="the IPv6 call")
@@ -314,6 +331,7 @@ def test_flood_of_offers_exhausts_the_range_without_hurting_calls(rig: Rig) -> N
                for i, t in enumerate(texts[:first_error]))
     assert all(t == f"f{i} E72\n" for i, t in enumerate(texts) if i >= first_error)
     assert rig.pairs_in_use() >= 99
+    assert rig.relay_sockets() >= 4 * first_error   # an RTP and an RTCP socket per party
     assert call.wait(30) == 0
     (d,) = labkit.wait_for(lambda: rig.closed("busy"), 10, what="the call during the flood")
     legs_ok(d, SHORT)

@@ -166,11 +166,14 @@ def test_reply_formatting() -> None:
     assert p.format_port(35000, "fd00:aa::1") == "35000 fd00:aa::1 6"
 
 
-def test_oversized_reply_is_clipped_to_one_datagram() -> None:
+def test_long_replies_are_clipped_at_line_ends() -> None:
     body = "\n".join(f"line {i} " + "x" * 80 for i in range(2000))
-    out = p.format_datagram(b"c", body)
-    assert len(out) < 65000
-    assert out.endswith(b"(truncated)\n")
+    udp = p.format_datagram(b"c", body)
+    assert len(udp) <= p.MAX_UDP_REPLY + 20     # no amplification for spoofed sources
+    assert udp.endswith(b"x\n(truncated)\n")
+    stream = p.format_stream(body)
+    assert p.MAX_UDP_REPLY < len(stream) <= p.MAX_REPLY + 20
+    assert stream.endswith(b"x\n(truncated)\n")
 
 
 def test_tag_parsing() -> None:
