@@ -58,6 +58,7 @@ class AnycastLab:
         sweep_stale()
         self.ns = Namespaces(tag)
         self.current: int | None = None
+        self._client_tables: list[str] = []
         self.servers: list[Node] = []
         self.clients: list[Node] = []
         self.hosts: list[Node] = []
@@ -109,14 +110,40 @@ class AnycastLab:
             proc.wait()
 
     # -- anycast routing ------------------------------------------------------------------------
-    def move(self, server: int) -> None:
-        """Send the anycast prefixes to server `server` (1-based) from now on."""
+    def move(self, server: int, client: int | None = None) -> None:
+        """Send the anycast prefixes to server `server` (1-based) from now on.
+
+        With `client`, only that client's traffic moves (policy routing on the router, as when
+        two clients sit in different parts of the internet); without it every client moves
+        and per-client overrides are dropped.
+        """
         node = self.server(server)
+        if client is None:
+            for table in self._client_tables:
+                self._flush_client_table(table)
+            self._client_tables.clear()
+            table_args: list[str] = []
+        else:
+            cli = self.clients[client - 1] if 1 <= client <= len(self.clients) else None
+            if cli is None:
+                raise LabError(f"no client {client}; the lab has {len(self.clients)}")
+            table = str(100 + client)
+            if table not in self._client_tables:
+                for fam, src in (("-6", f"{cli.gw6}/64"), ("-4", f"{cli.gw4}/24")):
+                    self.router.run(["ip", fam, "rule", "add", "from", src, "table", table])
+                self._client_tables.append(table)
+            table_args = ["table", table]
         for prefix in ANYCAST_PREFIXES:
             via = node.ip4 if "." in prefix else node.ip6
             fam = "-4" if "." in prefix else "-6"
-            self.router.run(["ip", fam, "route", "replace", prefix, "via", via])
-        self.current = server
+            self.router.run(["ip", fam, "route", "replace", prefix, "via", via, *table_args])
+        if client is None:
+            self.current = server
+
+    def _flush_client_table(self, table: str) -> None:
+        for fam in ("-6", "-4"):
+            self.router.run(["ip", fam, "rule", "del", "table", table], check=False)
+            self.router.run(["ip", fam, "route", "flush", "table", table], check=False)
 
     def server(self, index: int) -> Node:
         if not 1 <= index <= len(self.servers):

@@ -7,17 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from aarp.lab import AA4, AA6, AK6, AnycastLab, netns
+from aarp.lab import AA4, AA6, AK6, AnycastLab, Node, netns
 from aarp.lab.services import make_blob, serve_http
 
 pytestmark = pytest.mark.e2e
 
 
-def ping_source(lab: AnycastLab, dest: str) -> str:
-    out = lab.client.run(["ping", "-c", "1", "-W", "2", "-n", dest]).stdout
+def ping_source_from(node: Node, dest: str) -> str:
+    out = node.run(["ping", "-c", "1", "-W", "2", "-n", dest]).stdout
     line = next(ln for ln in out.splitlines() if "bytes from" in ln)
-    return line.split("from ")[1].split(":")[0] if "." in dest else \
-        line.split("from ")[1].split(": ")[0]
+    return line.split("from ")[1].split(": ")[0]
+
+
+def ping_source(lab: AnycastLab, dest: str) -> str:
+    return ping_source_from(lab.client, dest)
 
 
 def test_kernel_anycast_reply_source_follows_route(lab: AnycastLab) -> None:
@@ -26,6 +29,16 @@ def test_kernel_anycast_reply_source_follows_route(lab: AnycastLab) -> None:
     assert ping_source(lab, AK6) == lab.server(2).ip6
     lab.move(1)
     assert ping_source(lab, AK6) == lab.server(1).ip6
+
+
+def test_per_client_route_moves_only_that_client(lab_factory) -> None:
+    lab = lab_factory(clients=2)
+    lab.move(2, client=2)
+    assert ping_source_from(lab.clients[0], AK6) == lab.server(1).ip6
+    assert ping_source_from(lab.clients[1], AK6) == lab.server(2).ip6
+    lab.move(2)  # everybody to s2, overrides dropped
+    lab.move(1)
+    assert ping_source_from(lab.clients[1], AK6) == lab.server(1).ip6
 
 
 def test_bgp_style_anycast_served_by_the_routed_server(lab: AnycastLab, tmp_path: Path) -> None:
