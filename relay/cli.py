@@ -17,7 +17,7 @@ from relay.daemon import ConfigError, run_services
 
 # Each module provides add_arguments() and services_from_args(); missing ones are skipped
 # so that a partial checkout still starts.
-MODE_MODULES = ("relay.tunnel_cli", "relay.rtpproxy.cli")
+MODE_MODULES = ("relay.tunnel_cli", "relay.rtpproxy.cli", "relay.cluster.cli")
 
 
 def _modes() -> list:
@@ -44,12 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:  # anytun-relay status: ask running nodes
+        from relay.server.control import status_main
+        return status_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         services = [svc for mod in _modes() for svc in mod.services_from_args(args)]
+        for mod in _modes():  # services that bind to others' (e.g. the cluster sync)
+            if hasattr(mod, "extend_services"):
+                services = mod.extend_services(args, services)
         if not services:
             raise ConfigError("nothing to do: configure a tunnel or relay mode (--rtpproxy)")
+        for mod in _modes():  # logging targets, daemonizing, pid file (e.g. anytun's -L -D -P)
+            if hasattr(mod, "prepare_process"):
+                mod.prepare_process(args, services)
     except ConfigError as exc:
         print(f"anytun-relay: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,458 @@
+"""The Redis backend: records in Redis hashes, changes announced through pub/sub.
+
+Layout under a cluster prefix P (default `anytun`):
+
+    P:rec:<kind>    hash  field key            -> record JSON (last-writer-wins kinds)
+    P:ord:<kind>    hash  field key            -> "<stamp:016d> <node> <tomb>" (its order)
+    P:rec:progress  hash  field <mux>@<node>   -> record JSON (each node writes only its own)
+    P:changes       pub/sub channel of every record that won
+    P:alive:<node>  heartbeat (expires 30 s after the node stops refreshing it)
+    P:ports:<first>-<last>  hash block index -> node (relay-mode port blocks)
+
+A write is a Lua script that compares orders and writes + publishes only when the record is
+newer, so Redis always holds the merged state and subscribers hear winners only. Pub/sub may
+lose messages while a link is down, so every (re)connect does a full resync both ways (load
+everything and merge; write back whatever this node has that Redis lacks -- which also
+repopulates a Redis that restarted empty), and a periodic resync repairs anything missed.
+While Redis is unreachable the node keeps forwarding with what it knows and says so in
+status(); nothing is queued per record, the resync after reconnecting covers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import redis
+import redis.asyncio as aioredis
+
+from relay.cluster.memory import OnRemote
+from relay.cluster.records import (
+    JOIN_KINDS,
+    KINDS,
+    LWW_KINDS,
+    NODE_RE,
+    Record,
+    RecordError,
+    Store,
+    merge,
+)
+from relay.rtpproxy.ports import PortsExhausted
+
+log = logging.getLogger("anytun-relay.redis")
+
+HEARTBEAT_TTL = 30
+BLOCK_PAIRS = 16
+
+_CAS = """
+local function less(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+if cur and not less(cur, ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+return 1
+"""
+
+# Lease one block of port pairs: a block this node already holds is not handed out twice;
+# free blocks first, then blocks of nodes whose heartbeat expired.
+_LEASE = """
+local n = tonumber(ARGV[2])
+for i = 0, n - 1 do
+  if redis.call('HSETNX', KEYS[1], i, ARGV[1]) == 1 then return i end
+end
+for i = 0, n - 1 do
+  local owner = redis.call('HGET', KEYS[1], i)
+  if owner ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. owner) == 0 then
+    redis.call('HSET', KEYS[1], i, ARGV[1])
+    return i
+  end
+end
+return -1
+"""
+
+
+def order_text(rec: Record) -> str:
+    return f"{rec.version.stamp:016d} {rec.version.node} {int(rec.deleted)}"
+
+
+@dataclass(frozen=True)
+class RedisOptions:
+    url: str
+    prefix: str = "anytun"
+    password: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    resync_interval: float = 30.0
+    retry: float = 1.0
+
+    def validate(self) -> None:
+        u = urlparse(self.url)
+        if u.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"sync URL {self.url!r}: use redis://host:port, rediss:// (TLS) "
+                             "or unix:///path")
+        if u.scheme != "unix" and not u.hostname:
+            raise ValueError(f"sync URL {self.url!r} has no host")
+        if u.scheme == "unix" and not u.path:
+            raise ValueError(f"sync URL {self.url!r} has no socket path")
+        try:
+            u.port  # noqa: B018 - parsing it raises on a bad port
+        except ValueError:
+            raise ValueError(f"sync URL {self.url!r} has a bad port") from None
+        if not NODE_RE.match(self.prefix):
+            raise ValueError(f"cluster name {self.prefix!r}: letters, digits, ._:- only")
+        if (self.tls_ca or self.tls_cert) and u.scheme != "rediss":
+            raise ValueError("TLS files given but the sync URL is not rediss://")
+
+    def kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 3,
+                              "health_check_interval": 0}
+        if self.password is not None:
+            kw["password"] = self.password
+        if urlparse(self.url).scheme == "rediss":
+            kw["ssl_cert_reqs"] = "required"
+            if self.tls_ca:
+                kw["ssl_ca_certs"] = self.tls_ca
+            if self.tls_cert:
+                kw["ssl_certfile"] = self.tls_cert
+            if self.tls_key:
+                kw["ssl_keyfile"] = self.tls_key
+        return kw
+
+
+class RedisBackend:
+    name = "redis"
+
+    def __init__(self, options: RedisOptions, node: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        options.validate()
+        self.opts = options
+        self.node = node
+        self._clock = clock
+        p = options.prefix
+        self.channel = f"{p}:changes"
+        self._rec = {k: f"{p}:rec:{k}" for k in KINDS}
+        self._ord = {k: f"{p}:ord:{k}" for k in LWW_KINDS}
+        self.alive_prefix = f"{p}:alive:"
+        self.store: Store | None = None
+        self._on_remote: OnRemote = lambda _r: None
+        self._pending: dict[tuple[str, str], Record] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.connected = False
+        self.since = clock()
+        self.last_error = ""
+        self.resyncs = 0
+        self.written = 0
+        self.received = 0
+        self.rejected = 0
+        self.allocators: list[RedisPortAllocator] = []
+
+    # -- lifetime --------------------------------------------------------------------------------
+    async def start(self, store: Store, on_remote: OnRemote) -> None:
+        """Starts the link in the background; a Redis that is down now is retried."""
+        self.store, self._on_remote = store, on_remote
+        self._task = asyncio.create_task(self._run())
+        # give a reachable Redis a moment so the node starts with the cluster's state
+        deadline = time.monotonic() + 3
+        while not self.connected and time.monotonic() < deadline and not self._task.done():
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        self.connected = False
+
+    def client(self) -> aioredis.Redis:
+        return aioredis.from_url(self.opts.url, **self.opts.kwargs())
+
+    # -- the link --------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            conn = None
+            try:
+                conn = self.client()
+                pubsub = conn.pubsub()
+                await pubsub.subscribe(self.channel)
+                await self._resync(conn)
+                self._set_connected(True, "")
+                await _first_failure(self._reader(pubsub), self._writer(conn),
+                                     self._periodic(conn))
+            except asyncio.CancelledError:
+                raise
+            except (redis.RedisError, OSError) as exc:
+                self._set_connected(False, f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug must not end syncing for good
+                log.exception("redis sync failed")
+                self._set_connected(False, f"{type(exc).__name__}: {exc}")
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.aclose(), 1)
+            await asyncio.sleep(self.opts.retry)
+
+    def _set_connected(self, up: bool, error: str) -> None:
+        if up != self.connected:
+            self.since = self._clock()
+            if up:
+                log.info("redis sync: connected to %s; state merged (%d records)",
+                         self.opts.url, len(self.store or ()))
+            else:
+                log.warning("redis sync: lost %s (%s); forwarding with the state at hand",
+                            self.opts.url, error)
+        elif not up and error != self.last_error:
+            log.warning("redis sync: cannot reach %s (%s)", self.opts.url, error)
+        self.connected = up
+        self.last_error = error
+
+    async def _load(self, conn: aioredis.Redis) -> list[Record]:
+        out = []
+        for kind in KINDS:
+            for field, raw in (await conn.hgetall(self._rec[kind])).items():
+                rec = self._decode(raw, f"{kind}/{field!r}")
+                if rec is not None and rec.kind == kind:
+                    out.append(rec)
+        return out
+
+    def _decode(self, raw: bytes | str, where: str) -> Record | None:
+        try:
+            return Record.from_json(json.loads(raw))
+        except (ValueError, RecordError) as exc:  # JSONDecodeError is a ValueError
+            self.rejected += 1
+            log.warning("redis sync: ignoring a malformed record at %s: %s", where, exc)
+            return None
+
+    async def _resync(self, conn: aioredis.Redis) -> None:
+        assert self.store is not None
+        remote = await self._load(conn)
+        merged: dict[tuple[str, str], Record | None] = {}
+        for r in remote:
+            merged[r.ident] = merge(merged.get(r.ident), r)
+        changed = self.store.apply_all(r for r in merged.values() if r is not None)
+        if changed:
+            self._on_remote(changed)
+        self._pending.clear()
+        for rec in self.store.newer_than(merged):  # type: ignore[arg-type]
+            await self._write(conn, rec)
+        # progress: each node's own field holds its joined view; rewrite ours every time
+        for rec in list(self.store.snapshot()):
+            if rec.kind in JOIN_KINDS:
+                await self._write(conn, rec)
+        self.resyncs += 1
+
+    async def _reader(self, pubsub) -> None:
+        while True:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg is None:
+                continue
+            if msg.get("type") != "message":
+                continue
+            rec = self._decode(msg["data"], "pub/sub")
+            if rec is None or self.store is None:
+                continue
+            self.received += 1
+            changed = self.store.apply(rec)
+            if changed is not None:
+                self._on_remote([changed])
+
+    async def _writer(self, conn: aioredis.Redis) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                ident = next(iter(self._pending))
+                rec = self._pending[ident]
+                await self._write(conn, rec)
+                if self._pending.get(ident) is rec:
+                    del self._pending[ident]
+
+    async def _periodic(self, conn: aioredis.Redis) -> None:
+        """Heartbeat (also notices a dead link within socket_timeout) and anti-entropy."""
+        last = self._clock()
+        period = HEARTBEAT_TTL / 3
+        if self.opts.resync_interval:
+            period = min(period, self.opts.resync_interval)
+        while True:
+            await conn.set(self.alive_prefix + self.node, "1", ex=HEARTBEAT_TTL)
+            await asyncio.sleep(period)
+            if self.opts.resync_interval and self._clock() - last >= self.opts.resync_interval:
+                await self._resync(conn)
+                last = self._clock()
+
+    async def _write(self, conn: aioredis.Redis, rec: Record) -> None:
+        data = json.dumps(rec.to_json(), separators=(",", ":"))
+        if rec.kind in JOIN_KINDS:
+            async with conn.pipeline(transaction=True) as pipe:
+                pipe.hset(self._rec[rec.kind], f"{rec.key}@{self.node}", data)
+                pipe.publish(self.channel, data)
+                await pipe.execute()
+        else:
+            await conn.eval(_CAS, 2, self._rec[rec.kind], self._ord[rec.kind], rec.key,
+                            order_text(rec), data, self.channel)
+        self.written += 1
+
+    # -- the node's side -------------------------------------------------------------------------
+    def publish(self, record: Record) -> None:
+        self._pending[record.ident] = record
+        self._wake.set()
+
+    def status(self) -> dict:
+        return {"backend": "redis", "url": _redact(self.opts.url), "connected": self.connected,
+                "since": round(self.since, 3),
+                "state": "synced" if self.connected else
+                "DISCONNECTED: forwarding with the state at hand, resync on reconnect",
+                "last_error": self.last_error, "pending": len(self._pending),
+                "resyncs": self.resyncs, "written": self.written, "received": self.received,
+                "rejected": self.rejected, "records": len(self.store or ())}
+
+    def port_allocator(self, first: int, last: int) -> RedisPortAllocator:
+        alloc = RedisPortAllocator(self.opts, self.node, first, last)
+        self.allocators.append(alloc)
+        return alloc
+
+
+async def _first_failure(*coros) -> None:
+    """Run the link's loops together; the first one to fail stops the others."""
+    tasks = [asyncio.create_task(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            t.result()
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+
+def _redact(url: str) -> str:
+    u = urlparse(url)
+    if u.password:
+        return url.replace(f":{u.password}@", ":***@")
+    return url
+
+
+class RedisPortAllocator:
+    """Relay-mode port pairs from one pool shared by every node: the range is cut into blocks
+    of BLOCK_PAIRS pairs, each leased atomically to one node (Lua, HSETNX), so two nodes never
+    hand out the same port. Pairs inside a leased block are handed out locally, without a
+    round trip; a new block is leased only when the node's own blocks are full. Ports of
+    sessions adopted from other nodes are reserved locally and never handed out here."""
+
+    def __init__(self, opts: RedisOptions, node: str, first: int, last: int) -> None:
+        if first % 2 or last % 2 or first > last or first < 2 or last > 65534:
+            raise ValueError(f"bad pair range {first}-{last}")
+        self.first, self.last = first, last
+        self.node = node
+        self.key = f"{opts.prefix}:ports:{first}-{last}"
+        self.alive_prefix = f"{opts.prefix}:alive:"
+        self.blocks = ((last - first) // 2) // BLOCK_PAIRS + 1
+        self._redis = redis.Redis.from_url(opts.url, **{**opts.kwargs(), "socket_timeout": 1})
+        self._lease = self._redis.register_script(_LEASE)
+        self._own: set[int] = set()                # block indexes leased to this node
+        self._free: list[int] = []                 # free even ports in own blocks
+        self._used: set[int] = set()               # pairs this node handed out or reserved
+        self._down_until = 0.0
+        self.last_error = ""
+        self._reclaim()
+
+    def _reclaim(self) -> None:
+        """After a restart, the blocks this node held are its own again."""
+        try:
+            owners = self._redis.hgetall(self.key)
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return
+        for idx, owner in owners.items():
+            if owner.decode() == self.node:
+                self._adopt(int(idx))
+
+    def _adopt(self, idx: int) -> None:
+        if idx in self._own:
+            return
+        self._own.add(idx)
+        start = self.first + idx * BLOCK_PAIRS * 2
+        for port in range(start, min(start + BLOCK_PAIRS * 2, self.last + 2), 2):
+            if port not in self._used:
+                self._free.append(port)
+
+    def _failed(self, exc: Exception) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._down_until = time.monotonic() + 5
+        log.warning("redis port pool unreachable (%s); using the blocks at hand",
+                    self.last_error)
+
+    def _lease_block(self) -> bool:
+        if time.monotonic() < self._down_until:
+            return False
+        try:
+            self._redis.set(self.alive_prefix + self.node, "1", ex=HEARTBEAT_TTL)
+            idx = int(self._lease(keys=[self.key],
+                                  args=[self.node, self.blocks, self.alive_prefix]))
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return False
+        if idx < 0:
+            return False
+        self._adopt(idx)
+        return True
+
+    def allocate_pair(self) -> int:
+        while True:
+            while self._free:
+                port = self._free.pop(0)
+                if port not in self._used:
+                    self._used.add(port)
+                    return port
+            if not self._lease_block():
+                raise PortsExhausted(
+                    "no free port pair: " + (f"shared port pool unreachable ({self.last_error})"
+                                             if time.monotonic() < self._down_until else
+                                             f"all blocks of {self.first}-{self.last + 1} "
+                                             "are leased by the cluster's nodes"))
+
+    def release(self, port: int) -> None:
+        if port in self._used:
+            self._used.discard(port)
+            if self._block_of(port) in self._own:
+                self._free.append(port)
+
+    def reserve(self, port: int) -> bool:
+        if port % 2 or not self.first <= port <= self.last or port in self._used:
+            return False
+        self._used.add(port)
+        return True
+
+    def _block_of(self, port: int) -> int:
+        return (port - self.first) // (BLOCK_PAIRS * 2)
+
+    @property
+    def capacity(self) -> int:
+        return (self.last - self.first) // 2 + 1
+
+    @property
+    def in_use(self) -> int:
+        return len(self._used)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._redis.close()
