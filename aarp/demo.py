@@ -57,7 +57,8 @@ def chapter_lab(lab: AnycastLab, story: Story) -> None:
 # Later chapters live beside their features: "module:function", run in this order.
 CHAPTER_REFS: list[str] = ["aarp.demo_resolve:chapter_resolve", "aarp.demo_shim:chapter_shim",
                            "relay.rtpproxy.demo:chapter_relay",
-                           "relay.demo_tunnel:chapter_tunnel", "relay.cluster.demo:chapter_cluster"]
+                           "relay.demo_tunnel:chapter_tunnel", "relay.demo_tunnel:chapter_server",
+                           "relay.cluster.demo:chapter_cluster"]
 
 
 def chapters() -> list[Callable[[AnycastLab, Story], None]]:

@@ -27,6 +27,10 @@ class Service(Protocol):
     def status(self) -> dict: ...
 
 
+# Called once after every service started (e.g. to release a daemonizing parent).
+READY_HOOKS: list = []
+
+
 class ConfigError(Exception):
     """A user mistake in options or configuration: printed as one line, exit status 2."""
 
@@ -56,6 +60,8 @@ async def run_services(services: list[Service]) -> int:
             await svc.start()
             started.append(svc)
             log.info("%s started", svc.name)
+        for hook in READY_HOOKS:
+            hook()
         await stopping.wait()
         log.info("shutting down")
     finally:

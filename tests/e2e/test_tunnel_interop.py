@@ -15,7 +15,7 @@ from aarp.lab import AnycastLab
 from tests.conftest import require, require_program
 from tests.e2e import tunnel_util as tu
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_tunnel_interop")]  # one shared lab
 
 SECRET = ["-E", "secret"]
 NULL = ["-c", "null", "-a", "null", "-k", "null"]
@@ -39,6 +39,7 @@ class Case:
     relay_extra: list[str] = field(default_factory=list)
     peer_extra: list[str] = field(default_factory=list)
     transfer: bool = False
+    dataplane: str = "python"
 
 
 CASES = [
@@ -64,6 +65,14 @@ CASES = [
 ]
 
 
+# Every other case runs with the default data plane (the C fast path where it is built and
+# accepts the configuration), the rest with the Python one: both stay interoperable.
+for _i, _case in enumerate(CASES):
+    if _i % 2:
+        _case.dataplane = "auto"
+        _case.id += "-auto"
+
+
 @pytest.fixture(scope="module")
 def lab() -> Iterator[AnycastLab]:
     import os
@@ -75,6 +84,14 @@ def lab() -> Iterator[AnycastLab]:
 
 
 INNER = {4: ("10.9.0.1", "10.9.0.2"), 6: ("fd00:9::1", "fd00:9::2")}
+
+
+def _fast_path_built() -> bool:
+    try:
+        from relay import fastpath
+    except ImportError:
+        return False
+    return bool(getattr(fastpath, "available", lambda: False)())
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -92,7 +109,8 @@ def test_interop(lab: AnycastLab, case: Case) -> None:
             if side == "client":
                 common += ["-r", server_outer]
             if is_relay:
-                argv = tu.relay(*common, "-e", case.relay_role, *case.relay_extra)
+                argv = tu.relay(*common, "-e", case.relay_role, *case.relay_extra,
+                                dataplane=case.dataplane)
             else:
                 maker = tu.uanytun if case.peer == "uanytun" else tu.anytun
                 argv = maker(*common, "-e", peer_role, *case.peer_extra)
@@ -109,6 +127,8 @@ def test_interop(lab: AnycastLab, case: Case) -> None:
             tu.transfer(server, client, cli_in, 2_000_000)
         relay_node, relay_dev = procs[case.relay_on][1], procs[case.relay_on][2]
         st = tu.tunnel_status(relay_node, relay_dev)
+        if case.dataplane == "auto" and _fast_path_built():
+            assert "external_dataplane" in st  # the hook handed the tunnel to the fast path
         conn = st["connections"][0]
         peer_ip = (client.ip4 if case.outer == 4 else client.ip6) \
             if case.relay_on == "server" else server_outer

@@ -18,7 +18,7 @@ from aarp.lab import AnycastLab, Node
 from tests.conftest import require, require_program
 from tests.e2e import tunnel_util as tu
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_tunnel_security")]  # one shared lab
 
 SENDER = """
 import socket, sys
@@ -216,6 +216,7 @@ def test_restarted_peer_recovers_without_reopening_replays(lab: AnycastLab, wind
         assert tu.ping(lab.client, "10.9.0.1", before, 0.02) == before
         tu.stop(client)
         client = uanytun_client(lab)
+        tu.ping(lab.client, "10.9.0.1", 15, 0.2)  # the restarted run (and the quiet period)
         tu.ping_until(lab.client, "10.9.0.1", timeout=15)
         drops = conn_status(lab)["drops"]
         assert drops.get("replay" if not window else "too_old", 0) >= 1
@@ -229,16 +230,17 @@ def test_seq_file_keeps_a_restarted_relay_acceptable_to_a_windowed_peer(lab: Any
     """uanytun with -w 64 drops a restarted anytun-relay's seqs (they look old) unless the
     relay continues from its seq file -- which also avoids reusing keystream."""
     server = lab.server(1)
-    peer = tu.start(server, tu.uanytun("-d", "tun7", "-n", "10.9.0.1/24", "-E", "secret",
-                                       "-e", "left", "-w", "64"), "tun7", "10.9.0.1")
     seqfile = str(tmp_path / "seq.json")
 
     def relay(*extra: str) -> subprocess.Popen:
         return tu.start(lab.client, tu.relay("-d", "tun8", "-n", "10.9.0.2/24", "-E", "secret",
                                              "-e", "right", "-r", server.ip4, *extra),
                         "tun8", "10.9.0.2")
-    try:
-        for extra in ([], ["--seq-file", seqfile]):
+
+    for extra in ([], ["--seq-file", seqfile]):
+        peer = tu.start(server, tu.uanytun("-d", "tun7", "-n", "10.9.0.1/24", "-E", "secret",
+                                           "-e", "left", "-w", "64"), "tun7", "10.9.0.1")
+        try:
             r = relay(*extra)
             tu.ping_until(lab.client, "10.9.0.1")
             assert tu.ping(lab.client, "10.9.0.1", 80, 0.01) >= 78
@@ -250,8 +252,8 @@ def test_seq_file_keeps_a_restarted_relay_acceptable_to_a_windowed_peer(lab: Any
                 assert got == 3
             else:
                 assert got == 0  # seq 0..2 again: uanytun calls them replays
-    finally:
-        tu.stop(peer)
+        finally:
+            tu.stop(peer)
 
 
 def test_no_stray_bytes_on_the_device(lab: AnycastLab, tmp_path) -> None:
@@ -278,7 +280,6 @@ def test_oversized_inner_packets_are_fragmented_or_refused_cleanly(lab: AnycastL
                                  "10.9.0.2"], check=False)
         assert "mtu = 1580" in big.stdout + big.stderr  # ICMP "fragmentation needed"
         # without DF the relay fragments the inner packet and the peer reassembles it
-        assert tu.ping(lab.server(1), "10.9.0.2", 1) == 0 or True
         out = lab.server(1).run(["ping", "-n", "-c", "2", "-W", "2", "-M", "dont", "-s", "3000",
                                  "10.9.0.2"], check=False).stdout
         assert "2 received" in out

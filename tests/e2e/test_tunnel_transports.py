@@ -14,7 +14,7 @@ from aarp.lab import AA4, AA6, AnycastLab
 from tests.conftest import require
 from tests.e2e import tunnel_util as tu
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_tunnel_transports")]  # one shared lab
 
 
 @pytest.fixture(scope="module")

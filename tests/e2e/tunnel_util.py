@@ -3,7 +3,10 @@ their devices, ping through them, move data through them and compare hashes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -70,16 +73,27 @@ def start(node: Node, argv: list[str], dev: str, addr: str | None = None,
 
 
 def stop(proc: subprocess.Popen) -> str:
-    """Stop a daemon; returns its output (for failure messages)."""
-    stop_process(proc)
+    """Stop a daemon (SIGTERM to its group, then SIGKILL); returns its output."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    out = ""
     try:
-        return proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-    except (OSError, ValueError):
-        return ""
+        raw, _ = proc.communicate(timeout=5)
+        if isinstance(raw, bytes):
+            out = raw.decode(errors="replace")
+        elif raw:
+            out = raw
+    except (subprocess.TimeoutExpired, ValueError, OSError):
+        pass
+    stop_process(proc)
+    return out
 
 
-def relay(*args: str) -> list[str]:
-    return [*RELAY, "-D", "-L", "stdout:5", "--dataplane", "python", *args]
+def relay(*args: str, dataplane: str = "python") -> list[str]:
+    """An anytun-relay command line; the Python data plane unless told (auto: the C fast path
+    where it accepts the configuration)."""
+    return [*RELAY, "-D", "-L", "stdout:5", "--dataplane", dataplane, *args]
 
 
 def uanytun(*args: str) -> list[str]:

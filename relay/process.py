@@ -1,0 +1,92 @@
+"""Process-level behaviour of anytun: daemonizing (unless -D), -P pid file, -u/-g/-C.
+
+The parent of a daemon waits until the child reports that every service started (or exits
+with the child's status), so `anytun-relay ...; echo $?` tells the truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import logging
+import os
+import pwd
+import sys
+
+log = logging.getLogger("anytun-relay")
+
+
+class Daemonizer:
+    def __init__(self) -> None:
+        self._ready_fd: int | None = None
+
+    def detach(self) -> None:
+        """Fork; the parent waits for ready() or the child's exit and then exits itself."""
+        r, w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            os.close(w)
+            with os.fdopen(r, "rb") as pipe:
+                ok = pipe.read(1) == b"1"
+            if ok:
+                os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            os._exit(os.waitstatus_to_exitcode(status) or 1)
+        os.close(r)
+        os.setsid()
+        os.chdir("/")
+        self._ready_fd = w
+
+    def ready(self) -> None:
+        """Services are up: release the parent, detach from the terminal."""
+        if self._ready_fd is None:
+            return
+        os.write(self._ready_fd, b"1")
+        os.close(self._ready_fd)
+        self._ready_fd = None
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            with contextlib.suppress(OSError):
+                os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+def write_pidfile(path: str) -> None:
+    with open(path, "w") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def drop_privileges(user: str | None, group: str | None, chroot: str | None) -> None:
+    """After setup: chroot, then group, then user (like anytun: -g without -u is ignored)."""
+    uid = gid = None
+    if user:
+        pw = pwd.getpwnam(user)
+        uid, gid = pw.pw_uid, pw.pw_gid
+        if group:
+            gid = grp.getgrnam(group).gr_gid
+    if chroot:
+        os.chroot(chroot)
+        os.chdir("/")
+        log.log(25, "chrooted to %s", chroot)
+    if uid is not None and gid is not None:
+        os.setgroups([gid])
+        os.setgid(gid)
+        os.setuid(uid)
+        log.log(25, "dropped privileges to %s:%s", user, group or gid)
+
+
+def check_identity(user: str | None, group: str | None) -> str | None:
+    """Error text if -u/-g name nobody."""
+    if user:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            return f"-u {user}: no such user"
+    if group:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            return f"-g {group}: no such group"
+    return None

@@ -1,0 +1,1 @@
+"""anytun-relay as an anycast tunnel server: connection table, routes, configuration."""
