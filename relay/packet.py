@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 
+from aarp.icmp import checksum
 from relay.satp.codec import PT_IPV4, PT_IPV6
 
 ETH_HEADER = 14
@@ -35,15 +36,6 @@ def ip_source(packet: bytes) -> tuple[int, int] | None:
     if n >= 40 and packet[0] >> 4 == 6:
         return 6, int.from_bytes(packet[8:24], "big")
     return None
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def _ipv4_header(src: bytes, dst: bytes, proto: int, payload_len: int, ident: int = 0,

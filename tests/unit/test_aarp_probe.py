@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import selectors
+import socket
+import time
 
 import pytest
+from icmplib import ICMPReply, ICMPv4Socket, ICMPv6Socket
 
+from aarp import icmp
 from aarp import message as m
 from aarp.cache import Cache
 from aarp.config import Config, parse
 from aarp.policy import judge_inband, judge_source, usable_unicast
 from aarp.probe import ProbeSession
+from aarp.probe_icmp import IcmpProbe, IcmpReply
+from tests.conftest import require
 
 AA = ipaddress.ip_address("fd00:aa::1")
 UA = ipaddress.ip_address("fd00:2:1::2")
@@ -183,3 +191,53 @@ def test_cache_kinds_expiry_and_bound() -> None:
     assert c.get("f", 0) is None
     c.clear()
     assert len(c) == 0
+
+
+def _replies(probe: IcmpProbe, want: int) -> list[IcmpReply]:
+    """What the probe reads, driven like the resolver does (selector on the probe)."""
+    got: list[IcmpReply] = []
+    end = time.monotonic() + 5
+    with selectors.DefaultSelector() as sel:
+        sel.register(probe, selectors.EVENT_READ)
+        while len(got) < want and (left := end - time.monotonic()) > 0:
+            if sel.select(left):
+                got += probe.receive()
+    return got
+
+
+@pytest.mark.parametrize("loopback", ["::1", "127.0.0.1"])
+def test_icmp_probe_runs_on_icmplib_and_keeps_the_payload(loopback: str) -> None:
+    """Echo over loopback through icmplib's sockets: the kernel's plain reply, then forged
+    replies carrying an in-band answer; only the one with our identifier gets through, with its
+    payload intact, and the probe state machine believes it."""
+    require(os.geteuid() == 0, "root (raw ICMP sockets to forge echo replies)")
+    lo = ipaddress.ip_address(loopback)
+    ua = ipaddress.ip_address("fd00:2:1::2" if lo.version == 6 else "10.2.1.2")
+    s = ProbeSession(lo, Config())
+    seq, query = s.new_attempt(time.monotonic())
+    probe = IcmpProbe(lo)
+    forger = socket.socket(socket.AF_INET6 if lo.version == 6 else socket.AF_INET,
+                           socket.SOCK_RAW,
+                           socket.IPPROTO_ICMPV6 if lo.version == 6 else socket.IPPROTO_ICMP)
+    try:
+        assert isinstance(probe.sock, ICMPv6Socket if lo.version == 6 else ICMPv4Socket)
+        probe.send(seq, query)
+        assert _replies(probe, 1) == [IcmpReply(lo, seq, query)]  # the kernel's own echo
+
+        inband = m.encode_answer(s.attempts[0].nonce, lo, 60, **{f"unicast{lo.version}": ua})
+        for ident in (probe.ident ^ 1, probe.ident):
+            forger.sendto(icmp.build_echo(lo.version, True, ident, seq, inband), (loopback, 0))
+        got = _replies(probe, 1) + probe.receive()  # loopback keeps the order sent
+        assert got == [IcmpReply(lo, seq, inband)]  # the other identifier's reply never shows
+        found = s.on_icmp_reply(got[0].source, got[0].seq, got[0].payload, time.monotonic())
+        assert found is not None and (found.unicast, found.learned) == (ua, "inband")
+
+        # icmplib's own receive() hands out the same payload-keeping replies
+        forger.sendto(icmp.build_echo(lo.version, True, probe.ident, 7, b"AARP?" * 9),
+                      (loopback, 0))
+        reply = probe.sock.receive(None, timeout=5)
+        assert isinstance(reply, ICMPReply)
+        assert (reply.id, reply.sequence, reply.payload) == (probe.ident, 7, b"AARP?" * 9)
+    finally:
+        forger.close()
+        probe.close()
