@@ -9,7 +9,7 @@ PREFIX ?= /usr/local
 APT_RUNTIME := iproute2 iputils-ping procps util-linux nftables curl
 APT_TEST := $(APT_RUNTIME) wget bind9-dnsutils dnsmasq-base netcat-openbsd tcpdump iperf3 \
 	anytun uanytun kamailio sip-tester redis-server valgrind gcc libc6-dev make psmisc ethtool \
-	socat python3-venv libssl-dev clang libclang-rt-14-dev
+	socat python3-venv libssl-dev clang libclang-rt-14-dev openssl
 APT_BENCH := $(APT_TEST) rtpengine-daemon linux-perf
 APT_DEMO := $(APT_RUNTIME) kamailio sip-tester
 

@@ -1,5 +1,6 @@
-"""A private redis-server for cluster tests: random port on 127.0.0.1 (or a unix socket),
-a temporary directory, no persistence unless asked; stopped by the caller."""
+"""A private redis-server for cluster tests: random port on 127.0.0.1, a temporary directory,
+no persistence, optionally AUTH or TLS (certificates made by a private test CA); stopped by the
+caller."""
 
 from __future__ import annotations
 
@@ -19,23 +20,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def make_tls_files(directory: Path, host: str = "127.0.0.1") -> dict[str, Path]:
+    """A private CA, a server certificate for `host` (IP SAN) and a client certificate, made
+    with the openssl command line; returns their paths by name."""
+    d = directory
+    f = {n: d / f"{n}.pem" for n in ("ca", "ca-key", "server", "server-key", "client",
+                                      "client-key", "other-ca", "other-ca-key")}
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    for ca in ("ca", "other-ca"):
+        ssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-days", "2", "-subj", f"/CN=test {ca}", "-keyout", str(f[f"{ca}-key"]),
+            "-out", str(f[ca]))
+    ext = d / "san.cnf"
+    ext.write_text(f"subjectAltName=IP:{host}\n")
+    for who in ("server", "client"):
+        csr = d / f"{who}.csr"
+        ssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-subj", f"/CN={who}", "-keyout", str(f[f"{who}-key"]), "-out", str(csr))
+        ssl("x509", "-req", "-in", str(csr), "-CA", str(f["ca"]), "-CAkey", str(f["ca-key"]),
+            "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(f[who]))
+    return f
+
+
 class RedisServer:
     def __init__(self, exe: str, *, password: str | None = None, port: int | None = None,
-                 bind: str = "127.0.0.1") -> None:
+                 bind: str = "127.0.0.1", tls: bool = False) -> None:
         self.exe, self.password, self.bind = exe, password, bind
         self.port = port or _free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="c8redis-"))
         self.proc: subprocess.Popen | None = None
+        # with TLS: only the TLS port listens, and clients must show a certificate of the CA
+        self.tls = make_tls_files(self.dir, bind) if tls else None
 
     @property
     def url(self) -> str:
         host = f"[{self.bind}]" if ":" in self.bind else self.bind
-        return f"redis://{host}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{host}:{self.port}/0"
 
     def start(self) -> RedisServer:
         argv = [self.exe, "--port", str(self.port), "--bind", self.bind,
                 "--dir", str(self.dir), "--save", "", "--appendonly", "no",
                 "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning"]
+        if self.tls:
+            argv[1:3] = ["--port", "0", "--tls-port", str(self.port),
+                         "--tls-cert-file", str(self.tls["server"]),
+                         "--tls-key-file", str(self.tls["server-key"]),
+                         "--tls-ca-cert-file", str(self.tls["ca"]),
+                         "--tls-auth-clients", "yes"]
         if self.password:
             argv += ["--requirepass", self.password]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -51,13 +85,19 @@ class RedisServer:
 
     def ping(self) -> bool:
         try:
-            return bool(redis.Redis(host=self.bind, port=self.port, password=self.password,
-                                    socket_timeout=0.5).ping())
+            return bool(redis.Redis(**self._kw(), socket_timeout=0.5).ping())
         except redis.RedisError:
             return False
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host=self.bind, port=self.port, password=self.password)
+        return redis.Redis(**self._kw())
+
+    def _kw(self) -> dict:
+        kw: dict = {"host": self.bind, "port": self.port, "password": self.password}
+        if self.tls:
+            kw.update(ssl=True, ssl_ca_certs=str(self.tls["ca"]),
+                      ssl_certfile=str(self.tls["client"]), ssl_keyfile=str(self.tls["client-key"]))
+        return kw
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

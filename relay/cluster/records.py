@@ -26,6 +26,8 @@ Record kinds and their data (all JSON values):
     route       key prefix {prefix, mux}
     session     key call-id/media/tag   a relay-mode session (parties, ports, latched addresses)
     translation key flow  an open-tunnel translation (reserved; see docs/cluster.md)
+    node        key node  {sid, address, ports, vxlan}  a member of open tunnel mode across
+                          nodes (relay.cluster.handover)
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-LWW_KINDS = ("connection", "endpoint", "route", "session", "translation")
+LWW_KINDS = ("connection", "endpoint", "route", "session", "translation", "node")
 JOIN_KINDS = ("progress",)
 KINDS = LWW_KINDS + JOIN_KINDS
 SEQ_SPACE = 1 << 32
@@ -280,10 +282,30 @@ class Store:
         """Anti-entropy: merge a full snapshot from elsewhere; returns what changed here."""
         return [c for c in (self.apply(r) for r in records) if c is not None]
 
-    def newer_than(self, remote: Mapping[tuple[str, str], Record]) -> list[Record]:
-        """Local records the other side lacks or holds in an older version."""
+    def newer_than(self, remote: Mapping[tuple[str, str], Record],
+                   horizon_ms: int = 0) -> list[Record]:
+        """Local records the other side lacks or holds in an older version; a record it lacks
+        that is older than its purge horizon is not among them (see forget_purged)."""
         return [r for r in self._records.values()
-                if merge(remote.get(r.ident), r) != remote.get(r.ident)]
+                if merge(remote.get(r.ident), r) != remote.get(r.ident)
+                and not (r.ident not in remote and r.version.stamp < horizon_ms)]
+
+    def forget_purged(self, remote: Mapping[tuple[str, str], Record],
+                      horizon_ms: int) -> list[Record]:
+        """The other side purged its tombstones older than `horizon_ms`: a live last-writer-wins
+        record it lacks and that is older than that was deleted there while this node did not
+        hear it (a node cut off for longer than the grace period). Delete it here too -- a
+        tombstone of the same version, which wins -- instead of resurrecting it. Returns the
+        tombstones that replaced live records."""
+        gone = []
+        for r in list(self._records.values()):
+            if r.data is not None and r.kind in LWW_KINDS and r.ident not in remote \
+                    and r.version.stamp < horizon_ms:
+                tomb = Record(r.kind, r.key, r.version, None)
+                self._records[r.ident] = tomb
+                self._notify(tomb, r)
+                gone.append(tomb)
+        return gone
 
     def purge_tombstones(self, now_ms: int, grace_ms: int = DAY_MS) -> int:
         dead = [i for i, r in self._records.items()

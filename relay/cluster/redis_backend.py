@@ -8,6 +8,7 @@ Layout under a cluster prefix P (default `anytun`):
     P:changes       pub/sub channel of every record that won
     P:alive:<node>  heartbeat (expires 30 s after the node stops refreshing it)
     P:ports:<first>-<last>  hash block index -> node (relay-mode port blocks)
+    P:purged        stamp (ms): tombstones older than this were purged
 
 A write is a Lua script that compares orders and writes + publishes only when the record is
 newer, so Redis always holds the merged state and subscribers hear winners only. Pub/sub may
@@ -16,6 +17,12 @@ everything and merge; write back whatever this node has that Redis lacks -- whic
 repopulates a Redis that restarted empty), and a periodic resync repairs anything missed.
 While Redis is unreachable the node keeps forwarding with what it knows and says so in
 status(); nothing is queued per record, the resync after reconnecting covers it.
+
+Tombstones are purged from Redis once they are older than the grace period (a day by default;
+any node does it, atomically, at most every purge_interval). P:purged remembers the horizon,
+so that nothing older comes back: Redis refuses to (re)create a record older than the horizon,
+and a node that was away longer than the grace period deletes, at its resync, the old live
+records that Redis no longer holds instead of writing them back.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import redis.asyncio as aioredis
 
 from relay.cluster.memory import OnRemote
 from relay.cluster.records import (
+    DAY_MS,
     JOIN_KINDS,
     KINDS,
     LWW_KINDS,
@@ -52,6 +60,7 @@ HEARTBEAT_TTL = 30
 BLOCK_PAIRS = 16
 
 _CAS = """
+local purged = tonumber(redis.call('GET', KEYS[3]) or '0')
 local function less(a, b)
   local n = math.min(#a, #b)
   for i = 1, n do
@@ -62,10 +71,33 @@ local function less(a, b)
 end
 local cur = redis.call('HGET', KEYS[2], ARGV[1])
 if cur and not less(cur, ARGV[2]) then return 0 end
+if not cur and tonumber(ARGV[5]) < purged then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[3])
 return 1
+"""
+
+# Purge tombstones older than ARGV[1] (ms): KEYS[1] is P:purged, then (order, record) hash
+# pairs; an order text is "<stamp:016d> <node> <tombstone 0|1>".
+_PURGE = """
+local horizon = tonumber(ARGV[1])
+local n = 0
+for i = 2, #KEYS, 2 do
+  local all = redis.call('HGETALL', KEYS[i])
+  for j = 1, #all, 2 do
+    local o = all[j + 1]
+    if string.sub(o, -1) == '1' and tonumber(string.sub(o, 1, 16)) < horizon then
+      redis.call('HDEL', KEYS[i], all[j])
+      redis.call('HDEL', KEYS[i + 1], all[j])
+      n = n + 1
+    end
+  end
+end
+if horizon > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  redis.call('SET', KEYS[1], horizon)
+end
+return n
 """
 
 # Lease one block of port pairs: a block this node already holds is not handed out twice;
@@ -100,6 +132,8 @@ class RedisOptions:
     tls_key: str | None = None
     resync_interval: float = 30.0
     retry: float = 1.0
+    tombstone_grace: float = DAY_MS / 1000   # seconds a delete is remembered
+    purge_interval: float = 600.0
 
     def validate(self) -> None:
         u = urlparse(self.url)
@@ -126,6 +160,7 @@ class RedisOptions:
             kw["password"] = self.password
         if urlparse(self.url).scheme == "rediss":
             kw["ssl_cert_reqs"] = "required"
+            kw["ssl_check_hostname"] = True
             if self.tls_ca:
                 kw["ssl_ca_certs"] = self.tls_ca
             if self.tls_cert:
@@ -149,6 +184,7 @@ class RedisBackend:
         self._rec = {k: f"{p}:rec:{k}" for k in KINDS}
         self._ord = {k: f"{p}:ord:{k}" for k in LWW_KINDS}
         self.alive_prefix = f"{p}:alive:"
+        self.purged_key = f"{p}:purged"
         self.store: Store | None = None
         self._on_remote: OnRemote = lambda _r: None
         self._pending: dict[tuple[str, str], Record] = {}
@@ -161,6 +197,9 @@ class RedisBackend:
         self.written = 0
         self.received = 0
         self.rejected = 0
+        self.purged = 0            # tombstones this node purged from Redis
+        self.forgotten = 0         # old records dropped because Redis purged their delete
+        self._last_purge = 0.0
         self.allocators: list[RedisPortAllocator] = []
 
     # -- lifetime --------------------------------------------------------------------------------
@@ -168,9 +207,11 @@ class RedisBackend:
         """Starts the link in the background; a Redis that is down now is retried."""
         self.store, self._on_remote = store, on_remote
         self._task = asyncio.create_task(self._run())
-        # give a reachable Redis a moment so the node starts with the cluster's state
+        # give a reachable Redis a moment so the node starts with the cluster's state; one
+        # that refused the first attempt is retried in the background
         deadline = time.monotonic() + 3
-        while not self.connected and time.monotonic() < deadline and not self._task.done():
+        while not self.connected and not self.last_error and time.monotonic() < deadline \
+                and not self._task.done():
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
@@ -246,11 +287,18 @@ class RedisBackend:
         merged: dict[tuple[str, str], Record | None] = {}
         for r in remote:
             merged[r.ident] = merge(merged.get(r.ident), r)
+        horizon = int(await conn.get(self.purged_key) or 0)
         changed = self.store.apply_all(r for r in merged.values() if r is not None)
-        if changed:
-            self._on_remote(changed)
+        gone = self.store.forget_purged(merged, horizon)  # type: ignore[arg-type]
+        if gone:
+            self.forgotten += len(gone)
+            log.info("redis sync: %d record(s) were deleted in the cluster while this node "
+                     "was away longer than the tombstone grace period; deleted here too",
+                     len(gone))
+        if changed or gone:
+            self._on_remote(changed + gone)
         self._pending.clear()
-        for rec in self.store.newer_than(merged):  # type: ignore[arg-type]
+        for rec in self.store.newer_than(merged, horizon):  # type: ignore[arg-type]
             await self._write(conn, rec)
         # progress: each node's own field holds its joined view; rewrite ours every time
         for rec in list(self.store.snapshot()):
@@ -296,6 +344,25 @@ class RedisBackend:
             if self.opts.resync_interval and self._clock() - last >= self.opts.resync_interval:
                 await self._resync(conn)
                 last = self._clock()
+            if self._clock() - self._last_purge >= self.opts.purge_interval:
+                await self.purge(conn)
+
+    async def purge(self, conn: aioredis.Redis) -> int:
+        """Drop tombstones older than the grace period from Redis (and from the local store)."""
+        self._last_purge = self._clock()
+        horizon = int((self._clock() - self.opts.tombstone_grace) * 1000)
+        keys = [self.purged_key]
+        for kind in LWW_KINDS:
+            keys += [self._ord[kind], self._rec[kind]]
+        n = int(await conn.eval(_PURGE, len(keys), *keys, horizon))
+        self.purged += n
+        if self.store is not None:
+            self.store.purge_tombstones(int(self._clock() * 1000),
+                                        int(self.opts.tombstone_grace * 1000))
+        if n:
+            log.info("redis sync: purged %d tombstone(s) older than %gs", n,
+                     self.opts.tombstone_grace)
+        return n
 
     async def _write(self, conn: aioredis.Redis, rec: Record) -> None:
         data = json.dumps(rec.to_json(), separators=(",", ":"))
@@ -305,8 +372,9 @@ class RedisBackend:
                 pipe.publish(self.channel, data)
                 await pipe.execute()
         else:
-            await conn.eval(_CAS, 2, self._rec[rec.kind], self._ord[rec.kind], rec.key,
-                            order_text(rec), data, self.channel)
+            await conn.eval(_CAS, 3, self._rec[rec.kind], self._ord[rec.kind],
+                            self.purged_key, rec.key, order_text(rec), data, self.channel,
+                            rec.version.stamp)
         self.written += 1
 
     # -- the node's side -------------------------------------------------------------------------
@@ -321,7 +389,8 @@ class RedisBackend:
                 "DISCONNECTED: forwarding with the state at hand, resync on reconnect",
                 "last_error": self.last_error, "pending": len(self._pending),
                 "resyncs": self.resyncs, "written": self.written, "received": self.received,
-                "rejected": self.rejected, "records": len(self.store or ())}
+                "rejected": self.rejected, "records": len(self.store or ()),
+                "tombstones_purged": self.purged, "forgotten": self.forgotten}
 
     def port_allocator(self, first: int, last: int) -> RedisPortAllocator:
         alloc = RedisPortAllocator(self.opts, self.node, first, last)

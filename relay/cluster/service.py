@@ -28,12 +28,13 @@ from typing import Any
 
 from relay.cluster import anytun_sync as wire
 from relay.cluster.memory import Backend
-from relay.cluster.records import Record, Store, progress_data, progress_of
+from relay.cluster.records import DAY_MS, Record, Store, progress_data, progress_of
 from relay.cluster.secrets import ClusterKey, SecretError
 
 log = logging.getLogger("anytun-relay.cluster")
 SYNC = "sync"
 SEQ_MARGIN = 1 << 16
+PURGE_EVERY = 1024   # local deletes between two sweeps of old tombstones
 
 
 def epoch_of(spec: Any) -> str:
@@ -71,6 +72,8 @@ class ClusterSync:
         self.keyless: set[int] = set()
         self._unsubscribe: list[Callable[[], None]] = []
         self._started = False
+        self._deletes = 0
+        self.tombstone_grace_ms = DAY_MS
         self.applied = 0
 
     # -- composition -----------------------------------------------------------------------------
@@ -145,6 +148,11 @@ class ClusterSync:
         return st
 
     # -- local -> cluster ------------------------------------------------------------------------
+    def share(self, kind: str, key: str, data: dict) -> None:
+        """Publish a record for other parts of the node (e.g. the handover's `node` record);
+        they follow the store (`store.subscribe`) for what the other nodes publish."""
+        self._put(kind, key, data)
+
     def _put(self, kind: str, key: str, data: dict) -> None:
         rec = self.store.put(kind, key, data, _ms(self.clock))
         if rec is not None:
@@ -154,6 +162,9 @@ class ClusterSync:
         rec = self.store.delete(kind, key, _ms(self.clock))
         if rec is not None:
             self.backend.publish(rec)
+            self._deletes += 1
+            if self._deletes % PURGE_EVERY == 0:   # tombstones of ended calls, removed routes
+                self.store.purge_tombstones(_ms(self.clock), self.tombstone_grace_ms)
 
     def _publish_connection(self, spec: Any, table: Any) -> None:
         data: dict[str, Any] = {"mux": spec.mux, "role": int(spec.role),
@@ -234,6 +245,8 @@ class ClusterSync:
         if rec.kind == "session":
             self._apply_session(rec)
             return
+        if rec.kind not in ("connection", "endpoint", "progress", "route"):
+            return   # followed by other parts of the node (node: the handover service)
         for table in self.tables:
             if rec.kind == "connection":
                 self._apply_connection(table, rec)

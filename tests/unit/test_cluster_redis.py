@@ -225,3 +225,86 @@ def test_port_pool_unreachable_uses_blocks_at_hand(server: RedisServer) -> None:
     with pytest.raises(PortsExhausted, match="unreachable"):
         alloc.allocate_pair()
     alloc.close()
+
+
+def test_tombstones_are_purged_and_a_late_node_does_not_resurrect(server: RedisServer) -> None:
+    fast = {"tombstone_grace": 0.3, "purge_interval": 0.1, "resync_interval": 0.1}
+
+    async def main() -> None:
+        a = await Node(server.url, "a", **fast).start()
+        late = await Node(server.url, "late", **fast).start()
+        a.put("route", "p1", {"mux": 1})
+        a.put("route", "p2", {"mux": 2})
+        await until(lambda: len(late.view()) == 2)
+        await late.backend.stop()            # cut off, still holding p1 as live
+        old_p1 = late.store.get("route", "p1")
+        a.delete("route", "p1")
+        r = server.client()
+        await until(lambda: r.hget("anytun:ord:route", "p1") is not None)
+        # after the grace period the tombstone is gone from Redis and from a's store
+        await until(lambda: r.hget("anytun:ord:route", "p1") is None, 5)
+        assert r.hget("anytun:rec:route", "p1") is None
+        assert int(r.get("anytun:purged")) > old_p1.version.stamp
+        await until(lambda: a.store.get("route", "p1") is None)
+        assert a.backend.status()["tombstones_purged"] >= 1
+        # live records are never purged
+        assert r.hget("anytun:rec:route", "p2") is not None
+        # the late node comes back: it deletes p1 instead of writing it back
+        late.backend = RedisBackend(RedisOptions(server.url, retry=0.1, **fast), "late")
+        await late.start()
+        assert late.view().get(("route", "p1"), None) is None   # deleted (or purged already)
+        assert any(rec.key == "p1" and rec.deleted for rec in late.heard)
+        assert late.backend.status()["forgotten"] == 1
+        await asyncio.sleep(0.3)             # a few resyncs later: still not back
+        assert r.hget("anytun:rec:route", "p1") is None
+        assert a.store.get("route", "p1") is None
+        # and Redis itself refuses a write of the old version (a delayed publish)
+        late.backend.publish(old_p1)
+        await asyncio.sleep(0.3)
+        assert r.hget("anytun:rec:route", "p1") is None
+        # a new write of the key is newer than the horizon and is accepted
+        a.put("route", "p1", {"mux": 9})
+        await until(lambda: late.view().get(("route", "p1")) == {"mux": 9})
+        await a.backend.stop()
+        await late.backend.stop()
+    asyncio.run(main())
+
+
+def test_tls_with_client_certificates() -> None:
+    require_program("openssl")
+    srv = RedisServer(require_program("redis-server"), tls=True).start()
+    t = srv.tls
+    assert t is not None and srv.url.startswith("rediss://")
+    mine = {"tls_ca": str(t["ca"]), "tls_cert": str(t["client"]), "tls_key": str(t["client-key"])}
+    try:
+        async def main() -> None:
+            a = await Node(srv.url, "a", **mine).start()
+            b = await Node(srv.url, "b", **mine).start()
+            assert a.backend.connected and b.backend.connected
+            a.put("route", "p", {"mux": 1})
+            await until(lambda: b.store.get("route", "p") is not None)
+            # the shared port pool goes through TLS too
+            pool = b.backend.port_allocator(30000, 30098)
+            assert 30000 <= pool.allocate_pair() <= 30098
+            pool.close()
+            # a server whose certificate another CA signed is refused, and so is a node
+            # without a client certificate: not connected, with the reason in its status
+            for kw in ({**mine, "tls_ca": str(t["other-ca"])}, {"tls_ca": str(t["ca"])}):
+                bad = await Node(srv.url, "c", **kw).start()
+                st = bad.backend.status()
+                assert not st["connected"] and st["last_error"], st
+                await bad.backend.stop()
+            # plain text to the TLS port gets nowhere either
+            plain = await Node(srv.url.replace("rediss://", "redis://"), "d").start()
+            assert not plain.backend.connected
+            await plain.backend.stop()
+            await a.backend.stop()
+            await b.backend.stop()
+        asyncio.run(main())
+    finally:
+        srv.stop()
+
+
+def test_tls_options_without_rediss_are_refused() -> None:
+    with pytest.raises(ValueError, match="rediss"):
+        RedisBackend(RedisOptions("redis://127.0.0.1:6379", tls_ca="/ca.pem"), "a")
