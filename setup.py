@@ -5,7 +5,9 @@ links it, but as a plain shared object: no Python suffix, no PyInit symbol, no l
 The file list comes from shim_c/ itself so new C files need no change here.
 """
 
+import importlib.util
 import os
+import sys
 from glob import glob
 
 from setuptools import Extension, setup
@@ -44,8 +46,24 @@ class BuildSharedLibraries(build_ext):
         super().build_extension(ext)
 
 
+def optional_fastpath() -> list[Extension]:
+    """relay.fastpath._fastpath (cffi API mode + OpenSSL): optional, so the package still
+    installs without a compiler or OpenSSL headers (the tunnel then runs in Python)."""
+    try:
+        spec = importlib.util.spec_from_file_location("fastpath_build", "relay/fastpath/build.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        ext = mod.ffibuilder.distutils_extension(tmpdir="build/cffi", verbose=False)
+    except Exception as exc:  # no cffi in the build environment: skip, say why
+        print(f"relay.fastpath: not built ({exc})", file=sys.stderr)
+        return []
+    ext.optional = True
+    return [ext]
+
+
 setup(
     ext_modules=[
+        *optional_fastpath(),
         SharedLibrary(
             "aarp.libaarp",
             sources=sorted(glob("shim_c/*.c")),

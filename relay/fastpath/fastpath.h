@@ -1,0 +1,197 @@
+/* The SATP fast data plane: per-packet crypto, replay windows and batched IO threads.
+ *
+ * Python reaches this through cffi (relay/fastpath/build.py declares the same API); the
+ * control plane (options, keys, devices, learning, status) stays in Python. Everything here is
+ * byte-identical to relay/satp (docs: ../shared/spec/satp.md) and tested against the captured
+ * vectors and the Python core.
+ */
+#ifndef FASTPATH_H
+#define FASTPATH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FP_HEADER_LEN 8   /* seq, sender ID, MUX in clear */
+#define FP_PTYPE_LEN 2    /* payload type, encrypted */
+#define FP_MAX_TAG 20
+
+/* ---- crypto: one connection direction pair ------------------------------------------------ */
+
+typedef struct fp_suite {
+    int cipher_key_len; /* 0 = null cipher, else 16/24/32 (AES-CTR) */
+    int kd_key_len;     /* 0 = null key derivation (all-zero values), else 16/24/32 */
+    int auth;           /* 0 = null auth, 1 = HMAC-SHA1 */
+    int tag_len;        /* 0..20 bytes, the right-most bytes of the MAC */
+} fp_suite;
+
+typedef struct fp_satp fp_satp;
+
+typedef struct fp_hdr {
+    uint32_t seq;
+    uint16_t sender_id;
+    uint16_t mux;
+    uint16_t payload_type;
+} fp_hdr;
+
+enum fp_open_error { FP_ERR_SHORT = -1, FP_ERR_AUTH = -2, FP_ERR_SPACE = -3 };
+
+/* role: 0 = left (alice, server), 1 = right (bob, client). master_key may be NULL when
+ * kd_key_len is 0. Returns NULL with a message in err on a bad suite or key. */
+fp_satp *fp_satp_new(const fp_suite *suite, const uint8_t *master_key, size_t master_key_len,
+                     const uint8_t *master_salt, int role, char *err, size_t errlen);
+void fp_satp_free(fp_satp *s);
+size_t fp_satp_overhead(const fp_satp *s);
+
+/* Seal: payload (len bytes) -> datagram in out (needs len + overhead bytes). Returns the
+ * datagram length, or FP_ERR_SPACE. */
+long fp_seal(fp_satp *s, uint32_t seq, uint16_t sender_id, uint16_t mux, uint16_t ptype,
+             const uint8_t *payload, size_t len, uint8_t *out, size_t outcap);
+
+/* Open: datagram -> payload in out (needs len bytes). Returns the payload length (header in
+ * *hdr) or FP_ERR_SHORT / FP_ERR_AUTH / FP_ERR_SPACE. Replay checks are separate. */
+long fp_open(fp_satp *s, const uint8_t *dgram, size_t len, uint8_t *out, size_t outcap,
+             fp_hdr *hdr);
+
+/* The raw PRF (tests): length keystream bytes for (label, seq). */
+int fp_prf(fp_satp *s, uint32_t label, uint32_t seq, uint8_t *out, size_t length);
+
+/* ---- replay window per sender ID (semantics of relay/satp/replay.py) ----------------------- */
+
+enum fp_verdict {
+    FP_FRESH = 0, FP_IN_WINDOW = 1, FP_STALE = 2, FP_RESTART = 3, FP_REPLAY = 4, FP_TOO_OLD = 5
+};
+
+typedef struct fp_replay_params {
+    uint32_t size;           /* window size, 0..1048576 */
+    uint32_t restart_after;  /* consecutive candidates that make a restart */
+    double restart_quiet;    /* seconds without fresh packets of the old stream */
+    uint32_t restart_max_seq;
+    uint32_t restart_gap;
+} fp_replay_params;
+
+typedef struct fp_replay fp_replay;
+
+fp_replay *fp_replay_new(const fp_replay_params *p);
+void fp_replay_free(fp_replay *r);
+int fp_replay_accept(fp_replay *r, uint16_t sender_id, uint32_t seq, double now);
+/* Highest accepted seq of a sender: 1 and *high if known, else 0. */
+int fp_replay_high(const fp_replay *r, uint16_t sender_id, uint32_t *high);
+/* Adopt a high-water mark from elsewhere (cluster sync); never moves backwards. */
+void fp_replay_advance(fp_replay *r, uint16_t sender_id, uint32_t high, double now);
+/* Sender IDs known, up to max; returns how many were written. */
+size_t fp_replay_senders(const fp_replay *r, uint16_t *ids, uint32_t *highs, size_t max);
+
+/* ---- IO engine: worker threads between a TUN/TAP fd and a UDP socket ---------------------- */
+
+typedef struct fp_engine_config {
+    int dev_fd;          /* TUN/TAP fd (IFF_NO_PI); set to non-blocking by the engine */
+    int dev_tap;         /* 1 for TAP (payload type 0x6558), 0 for TUN */
+    int dev_vnet_hdr;    /* the fd was opened with IFF_VNET_HDR: use TSO/USO offloads */
+    int sock_fd;         /* UDP or UDP-Lite socket, bound; set to non-blocking */
+    int sock_fd2;        /* a second one (the other address family), or -1 */
+    uint16_t sender_id;
+    uint16_t mux;
+    uint32_t first_seq;  /* next send seq */
+    int max_payload;     /* largest inner packet that may be sent (0: 1600 - overhead) */
+    int roam;            /* 1: follow the peer's source address (authenticated, fresh) */
+    int gso;             /* 1: UDP GSO/GRO when the kernel offers them */
+    fp_replay_params replay;
+    uint8_t remote[28];  /* where to send from the start: sockaddr_in/_in6, or remote_len 0 */
+    uint32_t remote_len;
+} fp_engine_config;
+
+typedef struct fp_engine_stats {
+    uint64_t tx_packets, tx_bytes;        /* inner packets sealed and sent */
+    uint64_t tx_datagrams_batched;        /* datagrams that left in a batch of more than one */
+    uint64_t tx_no_remote, tx_oversize, tx_error, tx_segmented;
+    uint64_t rx_packets, rx_bytes;        /* inner packets written to the device */
+    uint64_t rx_short, rx_auth, rx_replay, rx_too_old, rx_restart, rx_bad_mux, rx_bad_type;
+    uint64_t rx_dev_error, rx_coalesced;
+    uint64_t tx_syscalls, rx_syscalls;
+    uint64_t slow_packets;                /* handed to Python (oversized) */
+    uint32_t next_seq;
+    uint32_t offloads;                    /* FP_OFF_* negotiated at start */
+} fp_engine_stats;
+
+enum fp_offload { FP_OFF_TUN = 1, FP_OFF_TUN_USO = 2, FP_OFF_UDP_GSO = 4, FP_OFF_UDP_GRO = 8 };
+
+enum fp_event_kind { FP_EV_REMOTE = 1, FP_EV_SLOW = 2, FP_EV_RESTART = 3 };
+
+typedef struct fp_event {
+    int kind;
+    uint16_t sender_id;
+    uint32_t seq;
+    uint8_t addr[28];    /* struct sockaddr_in / sockaddr_in6 of the new remote */
+    uint32_t addr_len;
+} fp_event;
+
+typedef struct fp_engine fp_engine;
+
+/* Starts the workers. tx and rx get their own crypto contexts made from the same inputs. */
+fp_engine *fp_engine_start(const fp_engine_config *cfg, const fp_suite *suite,
+                           const uint8_t *master_key, size_t master_key_len,
+                           const uint8_t *master_salt, int role, char *err, size_t errlen);
+/* Stops and joins the workers, frees everything; the fds stay open (they are the caller's). */
+void fp_engine_stop(fp_engine *e);
+void fp_engine_stats_get(fp_engine *e, fp_engine_stats *out);
+/* Where to send; addr_len 0 forgets the remote (nothing is sent until one is learned). */
+int fp_engine_set_remote(fp_engine *e, const uint8_t *addr, uint32_t addr_len);
+/* An eventfd that is readable while events or slow-path packets wait. */
+int fp_engine_event_fd(fp_engine *e);
+/* Next event: 1 and *ev, or 0 when none waits. */
+int fp_engine_next_event(fp_engine *e, fp_event *ev);
+/* Next inner packet the data plane did not handle itself (too big for the tunnel): its
+ * length, 0 when none waits; buffer must hold 65536 bytes. */
+long fp_engine_next_slow(fp_engine *e, uint8_t *buf, size_t cap);
+/* Seal and send one inner packet from the caller's thread (ICMP errors, fragments). */
+int fp_engine_send(fp_engine *e, uint16_t ptype, const uint8_t *payload, size_t len);
+/* The next send seq moves forward to `seq` (another node sent up to there); never back. */
+void fp_engine_advance_seq(fp_engine *e, uint32_t seq);
+/* Replay state for the cluster sync. */
+size_t fp_engine_replay_senders(fp_engine *e, uint16_t *ids, uint32_t *highs, size_t max);
+void fp_engine_replay_advance(fp_engine *e, uint16_t sender_id, uint32_t high);
+
+/* ---- relay mode: RTP/RTCP forwarding between relay sockets (rtp.c) ------------------------- */
+
+/* Packets from a leg's accepted source are forwarded at once. Other sources: dropped (NONE),
+ * accepted if they come from one of two hosts (HOSTS: the signalled address, the host whose
+ * RTP was learned) or from anywhere (ANY); a sticky leg then accepts only that source. */
+enum fp_ask { FP_ASK_NONE = 0, FP_ASK_HOSTS = 1, FP_ASK_ANY = 2 };
+
+typedef struct fp_rtp_counters {
+    int id;
+    uint64_t got, relayed, dropped, bytes_in, bytes_out;
+    uint64_t last_ns; /* CLOCK_MONOTONIC of the last packet */
+} fp_rtp_counters;
+
+typedef struct fp_rtp fp_rtp;
+
+fp_rtp *fp_rtp_start(int workers, char *err, size_t errlen);
+void fp_rtp_stop(fp_rtp *r);
+/* Registers a relay socket; returns the leg id (>= 0) or -errno. Until fp_rtp_leg_set
+ * nothing is forwarded. */
+int fp_rtp_leg_add(fp_rtp *r, int fd);
+int fp_rtp_leg_set(fp_rtp *r, int id, int out_fd, const uint8_t *dest, uint32_t dest_len,
+                   const uint8_t *src, uint32_t src_len, int ask, int sticky,
+                   const uint8_t *ask1, uint32_t ask1_len, const uint8_t *ask2,
+                   uint32_t ask2_len);
+/* After it returns no worker touches the fd any more (the caller closes it). */
+int fp_rtp_leg_remove(fp_rtp *r, int id);
+/* Counters of the legs that saw packets since the last call. */
+size_t fp_rtp_collect(fp_rtp *r, fp_rtp_counters *out, size_t max);
+int fp_rtp_event_fd(fp_rtp *r);
+/* Next source a leg accepted on first sight (Python records the latch): 1 and the leg id
+ * and source, or 0 when none waits. */
+int fp_rtp_next_event(fp_rtp *r, int *id, uint8_t *src, uint32_t *src_len);
+/* Accept events lost because Python fell behind (it resynchronises on the next re-wiring). */
+uint64_t fp_rtp_overflow(fp_rtp *r);
+
+/* ---- offloads, reachable for tests ------------------------------------------------------ */
+
+/* Coalesce n inner packets (concatenated in buf, lengths in lens) into vnet-hdr writes to fd,
+ * as the engine does for a TUN with offloads. Returns how many packets were merged into
+ * others. */
+long fp_offload_coalesce(int fd, int tcp, int uso, const uint8_t *buf, const uint32_t *lens,
+                         size_t n);
+
+#endif
