@@ -22,6 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from relay.daemon import ConfigError
+from relay.fastpath.rtp import media_engine
 from relay.rtpproxy import protocol
 from relay.rtpproxy.commands import Controller
 from relay.rtpproxy.media import MediaEngine
@@ -155,7 +156,7 @@ class RtpproxyService:
         for addr in self.config.addresses:
             _check_relay_address(addr)
         _raise_file_limit(2 * self.allocator.capacity + 256)
-        self.media = MediaEngine(self.table, self.allocator, latch=self.config.latch, loop=loop)
+        self.media = media_engine(self.table, self.allocator, latch=self.config.latch, loop=loop)
         self.controller = Controller(self.table, self.media, self.config.addresses,
                                      allocator=self.allocator, totals=self.media.totals)
         self.controller.on_refused = self._refused
