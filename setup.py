@@ -44,6 +44,19 @@ class BuildSharedLibraries(build_ext):
             # Python's own include dirs and CFLAGS are harmless; its libraries are not wanted.
             ext.include_dirs = [d for d in ext.include_dirs if "python" not in d.lower()]
         super().build_extension(ext)
+        if isinstance(ext, SharedLibrary):
+            self._copy_header(os.path.dirname(self.get_ext_fullpath(ext.name)))
+
+    def copy_extensions_to_source(self) -> None:
+        super().copy_extensions_to_source()
+        build_py = self.get_finalized_command("build_py")
+        for ext in self.extensions:
+            if isinstance(ext, SharedLibrary):
+                self._copy_header(build_py.get_package_dir(ext.name.rpartition(".")[0]))
+
+    def _copy_header(self, package_dir: str) -> None:
+        # The public header travels with the library: Python's cffi declarations come from it.
+        self.copy_file(os.path.join("shim_c", "aarp.h"), os.path.join(package_dir, "aarp.h"))
 
 
 def optional_fastpath() -> list[Extension]:

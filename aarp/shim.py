@@ -19,69 +19,16 @@ from typing import TYPE_CHECKING
 
 import cffi
 
+from aarp.cdef import cdef_from_header
 from aarp.errors import NoAnswer, NotResolvable, ResolveError
 
 if TYPE_CHECKING:
     from aarp.config import Config
     from aarp.resolver import Resolution
 
-# Declarations of shim_c/aarp.h that Python uses; tests check they are all exported.
-CDEF = """
-const char *aarp_version(void);
+# The build installs shim_c/aarp.h beside libaarp.so; it is the one declaration of the API.
+HEADER = Path(__file__).resolve().parent / "aarp.h"
 
-struct aarp_result {
-    int status;
-    int cached;
-    int how;
-    int verified;
-    unsigned ttl;
-    char address[64];
-};
-int aarp_resolve(const char *address, struct aarp_result *out);
-
-struct aarp_cache_entry {
-    char anycast[64];
-    char unicast[64];
-    int status;
-    int how;
-    long long expires_in_ms;
-};
-int aarp_cache_entries(struct aarp_cache_entry *out, int max);
-void aarp_cache_flush(void);
-
-int aarp_config_reload(const char *path, char *err, size_t errlen);
-int aarp_config_use(const char *text, size_t len, const char *name, char *err, size_t errlen);
-size_t aarp_config_json(char *out, size_t len);
-const char *aarp_config_error(void);
-int aarp_config_check(const char *text, size_t len, const char *name,
-                      const char *const *env, char *out, size_t outlen);
-
-struct aarp_message {
-    int kind;
-    int flags;
-    unsigned char nonce[16];
-    int has_unicast6, has_unicast4, has_key_id, has_tag;
-    unsigned char unicast6[16];
-    unsigned char unicast4[4];
-    unsigned ttl;
-    int anycast_len;
-    unsigned char anycast[16];
-    int key_id;
-    unsigned char tag[16];
-    size_t signed_len;
-};
-int aarp_message_decode(const unsigned char *buf, size_t len, struct aarp_message *out);
-const char *aarp_message_error(int code);
-size_t aarp_message_query(const unsigned char *nonce16, size_t size, unsigned char *out);
-size_t aarp_message_answer(const unsigned char *nonce16, const char *anycast,
-                           const char *unicast6, const char *unicast4,
-                           unsigned ttl, const unsigned char *key, size_t key_len,
-                           int key_id, unsigned char *out);
-int aarp_message_tag_valid(const unsigned char *buf, size_t len,
-                           const unsigned char *key, size_t key_len);
-void aarp_hmac_sha256(const unsigned char *key, size_t key_len,
-                      const unsigned char *data, size_t len, unsigned char *out32);
-"""
 
 STATUS = {0: "pass", 1: "pinned", 2: "negative", 3: "failed", 4: "disabled", -1: "bad-address"}
 HOW = {0: None, 1: "icmp-source", 2: "icmp-answer", 3: "udp-answer"}
@@ -116,10 +63,13 @@ def library_path() -> Path:
 
 @functools.cache
 def _loaded() -> tuple[cffi.FFI, object]:
+    path = library_path()
+    if not HEADER.is_file():
+        raise ShimNotBuilt(f"{HEADER} does not exist; reinstall the package (pip install .)")
     ffi = cffi.FFI()
-    ffi.cdef(CDEF)
+    ffi.cdef(cdef_from_header(HEADER.read_text(), drop_tokens=("AARP_API",)))
     # RTLD_NOW: a missing symbol shows up here, not at first use.
-    lib = ffi.dlopen(str(library_path()), ffi.RTLD_NOW)
+    lib = ffi.dlopen(str(path), ffi.RTLD_NOW)
     return ffi, lib
 
 

@@ -1,6 +1,8 @@
 /* Public API of libaarp.so: the aarp_* functions Python reaches through cffi (ABI mode), for
  * `aarp-resolve --via-shim`, cache inspection and the tests. Everything not declared AARP_API
- * is hidden (-fvisibility=hidden). aarp/shim.py's CDEF repeats these declarations. */
+ * is hidden (-fvisibility=hidden). The build installs this header beside
+ * libaarp.so, and aarp/shim.py hands it to cffi: keep it plain declarations and integer
+ * #defines. */
 #ifndef AARP_H
 #define AARP_H
 
