@@ -206,25 +206,10 @@ class FastMediaEngine(MediaEngine):
             got, relayed, dropped, bytes_in, bytes_out = (a - b for a, b in zip(cur, old,
                                                                                 strict=True))
             self._seen[c.id] = cur
-            party, peer, session = leg.party, leg.peer, leg.session
-            if party is None or peer is None or session is None:
+            if leg.party is None or leg.peer is None or leg.session is None:
                 self.dropped += got
                 continue
-            cin, cout = party.counters, peer.counters
-            if leg.rtcp:
-                cin.rtcp_in += got
-                cout.rtcp_out += relayed
-            else:
-                cin.packets_in += got
-                cout.packets_out += relayed
-            cin.bytes_in += bytes_in
-            cout.bytes_out += bytes_out
-            cin.dropped += dropped
-            self.received += got
-            self.relayed += relayed
-            self.dropped += dropped
-            if got:
-                session.last_active = now
+            self._account(leg, got, relayed, dropped, bytes_in, bytes_out, now)
         if n == MAX_COLLECT:
             self._sync_counters()  # more legs moved than one call returns
 

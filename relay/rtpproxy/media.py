@@ -227,22 +227,29 @@ class MediaEngine:
                 continue
             relayed += 1
             bytes_out += n
+        if got:  # counters once per batch, not per packet
+            self._account(leg, got, relayed, dropped, bytes_in, bytes_out, self._clock())
+
+    def _account(self, leg: _Leg, got: int, relayed: int, dropped: int, bytes_in: int,
+                 bytes_out: int, now: float) -> None:
+        """Add one batch of a wired leg to the party, peer, session and engine counters."""
+        party, peer, session = leg.party, leg.peer, leg.session
+        assert party is not None and peer is not None and session is not None
+        cin, cout = party.counters, peer.counters
+        if leg.rtcp:
+            cin.rtcp_in += got
+            cout.rtcp_out += relayed
+        else:
+            cin.packets_in += got
+            cout.packets_out += relayed
+        cin.bytes_in += bytes_in
+        cout.bytes_out += bytes_out
+        cin.dropped += dropped
+        self.received += got
+        self.relayed += relayed
+        self.dropped += dropped
         if got:
-            # counters once per batch, not per packet
-            cin, cout = party.counters, peer.counters
-            if leg.rtcp:
-                cin.rtcp_in += got
-                cout.rtcp_out += relayed
-            else:
-                cin.packets_in += got
-                cout.packets_out += relayed
-            cin.bytes_in += bytes_in
-            cout.bytes_out += bytes_out
-            cin.dropped += dropped
-            self.received += got
-            self.relayed += relayed
-            self.dropped += dropped
-            session.last_active = self._clock()
+            session.last_active = now
 
     def _admit(self, leg: _Leg, src: tuple) -> bool:
         party, s = leg.party, leg.session
