@@ -52,7 +52,7 @@ from relay.cluster.records import (
     Store,
     merge,
 )
-from relay.rtpproxy.ports import PortsExhausted
+from relay.rtpproxy.ports import PairRange, PortsExhausted
 
 log = logging.getLogger("anytun-relay.redis")
 
@@ -420,7 +420,7 @@ def _redact(url: str) -> str:
     return url
 
 
-class RedisPortAllocator:
+class RedisPortAllocator(PairRange):
     """Relay-mode port pairs from one pool shared by every node: the range is cut into blocks
     of BLOCK_PAIRS pairs, each leased atomically to one node (Lua, HSETNX), so two nodes never
     hand out the same port. Pairs inside a leased block are handed out locally, without a
@@ -428,9 +428,7 @@ class RedisPortAllocator:
     sessions adopted from other nodes are reserved locally and never handed out here."""
 
     def __init__(self, opts: RedisOptions, node: str, first: int, last: int) -> None:
-        if first % 2 or last % 2 or first > last or first < 2 or last > 65534:
-            raise ValueError(f"bad pair range {first}-{last}")
-        self.first, self.last = first, last
+        super().__init__(first, last)
         self.node = node
         self.key = f"{opts.prefix}:ports:{first}-{last}"
         self.alive_prefix = f"{opts.prefix}:alive:"
@@ -439,7 +437,6 @@ class RedisPortAllocator:
         self._lease = self._redis.register_script(_LEASE)
         self._own: set[int] = set()                # block indexes leased to this node
         self._free: list[int] = []                 # free even ports in own blocks
-        self._used: set[int] = set()               # pairs this node handed out or reserved
         self._down_until = 0.0
         self.last_error = ""
         self._reclaim()
@@ -506,21 +503,13 @@ class RedisPortAllocator:
                 self._free.append(port)
 
     def reserve(self, port: int) -> bool:
-        if port % 2 or not self.first <= port <= self.last or port in self._used:
+        if not self._valid(port) or port in self._used:
             return False
         self._used.add(port)
         return True
 
     def _block_of(self, port: int) -> int:
         return (port - self.first) // (BLOCK_PAIRS * 2)
-
-    @property
-    def capacity(self) -> int:
-        return (self.last - self.first) // 2 + 1
-
-    @property
-    def in_use(self) -> int:
-        return len(self._used)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -58,22 +58,38 @@ def parse_port_range(text: str) -> tuple[int, int]:
     return first, last
 
 
-class PairAllocator:
-    """Pairs of one range on one node, least recently used first."""
+class PairRange:
+    """What every allocator has: the pairs of a range (even ports `first`..`last`) and the set
+    of those taken."""
 
     def __init__(self, first: int, last: int) -> None:
         if first % 2 or last % 2 or first > last or first < 2 or last > 65534:
             raise ValueError(f"bad pair range {first}-{last}")
         self.first, self.last = first, last
-        self._free: deque[int] = deque(range(first, last + 1, 2))
         self._used: set[int] = set()
+
+    def _valid(self, port: int) -> bool:
+        return self.first <= port <= self.last and port % 2 == 0
+
+    @property
+    def capacity(self) -> int:
+        return (self.last - self.first) // 2 + 1
+
+    @property
+    def in_use(self) -> int:
+        return len(self._used)
+
+
+class PairAllocator(PairRange):
+    """Pairs of one range on one node, least recently used first."""
+
+    def __init__(self, first: int, last: int) -> None:
+        super().__init__(first, last)
+        self._free: deque[int] = deque(range(first, last + 1, 2))
 
     @classmethod
     def from_range(cls, text: str) -> PairAllocator:
         return cls(*parse_port_range(text))
-
-    def _valid(self, port: int) -> bool:
-        return self.first <= port <= self.last and port % 2 == 0
 
     def allocate_pair(self) -> int:
         if self._free:
@@ -94,14 +110,6 @@ class PairAllocator:
         self._used.add(port)
         self._free.remove(port)  # O(n), but only sessions adopted from peers come this way
         return True
-
-    @property
-    def capacity(self) -> int:
-        return (self.last - self.first) // 2 + 1
-
-    @property
-    def in_use(self) -> int:
-        return len(self._used)
 
     @property
     def available(self) -> int:

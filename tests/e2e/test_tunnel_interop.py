@@ -7,39 +7,25 @@ both ways and stops them. TCP transfers run for a representative subset."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
 from aarp.lab import AnycastLab
-from tests.conftest import require, require_program
 from tests.e2e import tunnel_util as tu
+from tests.e2e.tunnel_util import K256, NULL, SECRET
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_tunnel_interop")]  # one shared lab
 
-SECRET = ["-E", "secret"]
-NULL = ["-c", "null", "-a", "null", "-k", "null"]
 K192 = ["-K", "000102030405060708090a0b0c0d0e0f1011121314151617",
         "-A", "a0a1a2a3a4a5a6a7a8a9aaabacad", "-c", "aes-ctr-192", "-k", "aes-ctr-192"]
-K256 = ["-E", "have_a_very_safe_and_productive_day", "-c", "aes-ctr-256", "-k", "aes-ctr-256"]
 MIXED = ["-K", "00112233445566778899aabbccddeeff", "-A", "0123456789abcddcba9876543210",
          "-c", "aes-ctr-256", "-k", "aes-ctr"]
 
 
 @dataclass
-class Case:
-    id: str
-    peer: str                  # uanytun | anytun
-    relay_role: str            # left | right
-    relay_on: str              # server | client (the client side has -r)
-    dev: str = "tun"
-    outer: int = 4
-    inner: int = 4
-    crypto: list[str] = field(default_factory=lambda: list(SECRET))
-    relay_extra: list[str] = field(default_factory=list)
-    peer_extra: list[str] = field(default_factory=list)
+class Case(tu.TunnelCase):
     transfer: bool = False
-    dataplane: str = "python"
 
 
 CASES = [
@@ -75,15 +61,8 @@ for _i, _case in enumerate(CASES):
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[AnycastLab]:
-    import os
-    require(os.geteuid() == 0, "root (CAP_NET_ADMIN) for network namespaces")
-    require_program("uanytun")
-    require_program("anytun")
-    with AnycastLab(servers=1, clients=1, tag="tuninterop") as lab:
+    with tu.tunnel_lab("tuninterop", "uanytun", "anytun") as lab:
         yield lab
-
-
-INNER = {4: ("10.9.0.1", "10.9.0.2"), 6: ("fd00:9::1", "fd00:9::2")}
 
 
 def _fast_path_built() -> bool:
@@ -96,48 +75,16 @@ def _fast_path_built() -> bool:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_interop(lab: AnycastLab, case: Case) -> None:
-    server, client = lab.server(1), lab.client
-    server_outer = server.ip4 if case.outer == 4 else server.ip6
-    peer_role = "right" if case.relay_role == "left" else "left"
-    procs = {}
-    try:
-        for side, node, addr in (("server", server, "10.9.0.1/24"),
-                                 ("client", client, "10.9.0.2/24")):
-            is_relay = side == case.relay_on
-            dev = f"{case.dev}{7 if is_relay else 8}"
-            common = ["-d", dev, "-t", case.dev, "-n", addr, *case.crypto]
-            if side == "client":
-                common += ["-r", server_outer]
-            if is_relay:
-                argv = tu.relay(*common, "-e", case.relay_role, *case.relay_extra,
-                                dataplane=case.dataplane)
-            else:
-                maker = tu.uanytun if case.peer == "uanytun" else tu.anytun
-                argv = maker(*common, "-e", peer_role, *case.peer_extra)
-            procs[side] = (tu.start(node, argv, dev, addr.split("/")[0]), node, dev)
-        srv_in, cli_in = INNER[case.inner]
-        if case.inner == 6:
-            for (_, node, dev), a in ((procs["server"], srv_in), (procs["client"], cli_in)):
-                node.run(["ip", "-6", "addr", "add", f"{a}/64", "dev", dev, "nodad"])
-        tu.ping_until(client, srv_in)
-        assert tu.ping(client, srv_in, 3) == 3
-        assert tu.ping(server, cli_in, 3) == 3
+    with tu.tunnel_pair(lab, case, (7, 8)) as t:
+        tu.ping_until(t.client, t.srv_in)
+        assert tu.ping(t.client, t.srv_in, 3) == 3
+        assert tu.ping(t.server, t.cli_in, 3) == 3
         if case.transfer:
-            tu.transfer(client, server, srv_in, 2_000_000)
-            tu.transfer(server, client, cli_in, 2_000_000)
-        relay_node, relay_dev = procs[case.relay_on][1], procs[case.relay_on][2]
-        st = tu.tunnel_status(relay_node, relay_dev)
+            tu.transfer(t.client, t.server, t.srv_in, 2_000_000)
+            tu.transfer(t.server, t.client, t.cli_in, 2_000_000)
+        st = tu.tunnel_status(t.relay_node, t.relay_dev)
         if case.dataplane == "auto" and _fast_path_built():
             assert "external_dataplane" in st  # the hook handed the tunnel to the fast path
         conn = st["connections"][0]
-        peer_ip = (client.ip4 if case.outer == 4 else client.ip6) \
-            if case.relay_on == "server" else server_outer
-        assert conn["remote"] is not None and peer_ip in conn["remote"]
+        assert conn["remote"] is not None and t.peer_ip in conn["remote"]
         assert conn["rx_packets"] >= 6 and not conn["drops"].get("auth")
-    except BaseException:
-        for side, (proc, _, _) in procs.items():
-            print(f"--- {side} output ---\n{tu.stop(proc)[-3000:]}")
-        raise
-    finally:
-        for proc, _, _ in procs.values():
-            tu.stop(proc)

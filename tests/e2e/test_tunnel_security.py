@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aarp.lab import AnycastLab, Node
-from tests.conftest import require, require_program
 from tests.e2e import tunnel_util as tu
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_tunnel_security")]  # one shared lab
@@ -38,10 +37,7 @@ for line in sys.stdin:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[AnycastLab]:
-    require(os.geteuid() == 0, "root (CAP_NET_ADMIN) for network namespaces")
-    require_program("uanytun")
-    require_program("tcpdump")
-    with AnycastLab(servers=1, clients=2, tag="tunsec") as lab:
+    with tu.tunnel_lab("tunsec", "uanytun", "tcpdump", clients=2) as lab:
         yield lab
 
 

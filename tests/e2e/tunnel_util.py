@@ -10,11 +10,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-from aarp.lab import Node
+from aarp.lab import AnycastLab, Node
 from aarp.lab.netns import LabError, stop_process
+from tests.conftest import require, require_program
 
 RELAY = [sys.executable, "-m", "relay.cli"]
+
+SECRET = ["-E", "secret"]
+NULL = ["-c", "null", "-a", "null", "-k", "null"]
+K256 = ["-E", "have_a_very_safe_and_productive_day", "-c", "aes-ctr-256", "-k", "aes-ctr-256"]
+INNER = {4: ("10.9.0.1", "10.9.0.2"), 6: ("fd00:9::1", "fd00:9::2")}
 
 # A TCP sink / source pair as python one-liners: no files, the hash tells the truth.
 SINK = """
@@ -58,9 +66,9 @@ def device_ready(node: Node, dev: str, addr: str | None = None) -> bool:
 
 
 def start(node: Node, argv: list[str], dev: str, addr: str | None = None,
-          timeout: float = 15) -> subprocess.Popen:
+          timeout: float = 15, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a tunnel daemon and wait until its device is up (with `addr` if given)."""
-    proc = node.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = node.popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def ready() -> bool:
         if proc.poll() is not None:
@@ -102,6 +110,95 @@ def uanytun(*args: str) -> list[str]:
 
 def anytun(*args: str) -> list[str]:
     return ["anytun", "-D", "-L", "stdout:4", *args]
+
+
+def fast(*args: str) -> list[str]:
+    """anytun-relay on the C fast path only (it refuses to start if the fast path declines)."""
+    return relay(*args, dataplane="fast")
+
+
+# The peer programs a TunnelCase names.
+PEERS = {"uanytun": uanytun, "anytun": anytun, "fast": fast, "python": relay}
+
+
+@contextlib.contextmanager
+def tunnel_lab(tag: str, *programs: str, clients: int = 1) -> Iterator[AnycastLab]:
+    """A lab with one server and `clients` clients for a module's tests (root and `programs`
+    required)."""
+    require(os.geteuid() == 0, "root (CAP_NET_ADMIN) for network namespaces")
+    for program in programs:
+        require_program(program)
+    with AnycastLab(servers=1, clients=clients, tag=tag) as lab:
+        yield lab
+
+
+# -- anytun-relay against a peer --------------------------------------------------------------
+@dataclass
+class TunnelCase:
+    """anytun-relay (on data plane `dataplane`) against a peer program on the other lab node."""
+    id: str
+    peer: str                  # a key of PEERS
+    relay_role: str = "left"
+    relay_on: str = "server"   # server | client (the client side has -r)
+    dev: str = "tun"
+    outer: int = 4
+    inner: int = 4
+    crypto: list[str] = field(default_factory=lambda: list(SECRET))
+    relay_extra: list[str] = field(default_factory=list)
+    peer_extra: list[str] = field(default_factory=list)
+    dataplane: str = "python"
+
+
+@dataclass
+class TunnelPair:
+    server: Node
+    client: Node
+    srv_in: str                # inner addresses
+    cli_in: str
+    relay_node: Node
+    relay_dev: str
+    peer_ip: str               # the outer address the relay sees its peer at
+
+
+@contextlib.contextmanager
+def tunnel_pair(lab: AnycastLab, case: TunnelCase, numbers: tuple[int, int],
+                env: dict[str, str] | None = None) -> Iterator[TunnelPair]:
+    """The relay and its peer of `case` up on the lab's server and client (devices
+    <dev><numbers[0]> for the relay, <dev><numbers[1]> for the peer); both stopped on exit,
+    their output printed if the body fails."""
+    server, client = lab.server(1), lab.client
+    server_outer = server.ip4 if case.outer == 4 else server.ip6
+    peer_role = "right" if case.relay_role == "left" else "left"
+    procs = {}
+    try:
+        for side, node, addr in (("server", server, "10.9.0.1/24"),
+                                 ("client", client, "10.9.0.2/24")):
+            is_relay = side == case.relay_on
+            dev = f"{case.dev}{numbers[0] if is_relay else numbers[1]}"
+            common = ["-d", dev, "-t", case.dev, "-n", addr, *case.crypto]
+            if side == "client":
+                common += ["-r", server_outer]
+            if is_relay:
+                argv = relay(*common, "-e", case.relay_role, *case.relay_extra,
+                             dataplane=case.dataplane)
+            else:
+                argv = PEERS[case.peer](*common, "-e", peer_role, *case.peer_extra)
+            procs[side] = (start(node, argv, dev, addr.split("/")[0], env=env), node, dev)
+        srv_in, cli_in = INNER[case.inner]
+        if case.inner == 6:
+            for (_, node, dev), a in ((procs["server"], srv_in), (procs["client"], cli_in)):
+                node.run(["ip", "-6", "addr", "add", f"{a}/64", "dev", dev, "nodad"])
+        _, relay_node, relay_dev = procs[case.relay_on]
+        peer_ip = (client.ip4 if case.outer == 4 else client.ip6) \
+            if case.relay_on == "server" else server_outer
+        yield TunnelPair(server, client, srv_in, cli_in, relay_node, relay_dev, peer_ip)
+    except BaseException:
+        for side, (proc, _, _) in procs.items():
+            print(f"--- {side} output ---\n{stop(proc)[-3000:]}")
+        raise
+    finally:
+        for proc, _, _ in procs.values():
+            stop(proc)
 
 
 def ping(node: Node, addr: str, count: int = 3, interval: float = 0.2,

@@ -1,131 +1,39 @@
 """Relay mode's C media path (relay.fastpath.rtp.FastMediaEngine) with real UDP sockets on
-loopback: the same behaviour as the Python MediaEngine — forwarding with symmetric addresses,
-RTCP, latching under both policies, strangers, asymmetric parties, hold, IPv4/IPv6 bridging,
-ports freed on delete, sessions copied from another node — plus counters collected from C
-and a flood of strangers that must not disturb a call."""
+loopback, where it differs from the Python MediaEngine: the packets take the C path after
+latching, counters collected from C, C leg slots freed and reused, a flood of strangers that
+must not disturb a call, and the fallback without C. The behaviour both engines share (latching
+under both policies, strangers, asymmetric parties, hold, IPv4/IPv6 bridging, sessions copied
+from another node) runs for both in test_rtpproxy_media.py."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
-from collections.abc import Awaitable, Callable
 
 import pytest
 
 from relay import fastpath
-from relay.rtpproxy import protocol as p
-from relay.rtpproxy.commands import Controller
+from relay.fastpath.rtp import FastMediaEngine
 from relay.rtpproxy.ports import PairAllocator
-from relay.rtpproxy.sessions import Change, Session, SessionTable
+from relay.rtpproxy.sessions import SessionTable
 from tests.conftest import require
-
-RELAY4, RELAY6 = "127.0.0.1", "::1"
-CALLER, CALLEE, STRANGER = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+from tests.media_kit import (
+    CALLEE,
+    CALLER,
+    RELAY4,
+    STRANGER,
+    Node,
+    Peer,
+    peer_pair,
+    port_of,
+    run,
+    setup_call,
+)
 
 
 @pytest.fixture(autouse=True)
 def _built() -> None:
     require(fastpath.available(), f"the C fast path ({fastpath.unavailable_reason()})")
-
-
-class Peer:
-    def __init__(self, host: str, port: int = 0) -> None:
-        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(fam, socket.SOCK_DGRAM)
-        self.sock.bind((host, port))
-        self.sock.setblocking(False)
-        self.addr = self.sock.getsockname()[:2]
-
-    def send(self, dest: tuple[str, int], n: int = 1, tag: bytes = b"rtp") -> None:
-        for i in range(n):
-            self.sock.sendto(tag + b"-%d" % i, dest)
-
-    async def recv(self, n: int, timeout: float = 3.0) -> list[tuple[bytes, tuple]]:
-        loop = asyncio.get_running_loop()
-        got = []
-        for _ in range(n):
-            data, src = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 2048), timeout)
-            got.append((data, src[:2]))
-        return got
-
-    async def nothing(self, wait: float = 0.3) -> bool:
-        try:
-            await self.recv(1, wait)
-        except TimeoutError:
-            return True
-        return False
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class Node:
-    def __init__(self, latch: str = "ip", name: str = "n1", first: int | None = None,
-                 size: int = 38) -> None:
-        from relay.fastpath.rtp import FastMediaEngine
-        first = first if first is not None else random.randrange(20000, 29000, 2)
-        self.first, self.last = first, first + size
-        self.table = SessionTable(node=name, timeout=60.0)
-        self.allocator = PairAllocator(self.first, self.last)
-        self.engine = FastMediaEngine(self.table, self.allocator, latch=latch)
-        self.ctl = Controller(self.table, self.engine, [RELAY4, RELAY6],
-                              allocator=self.allocator, totals=self.engine.totals)
-
-    def __call__(self, cmd: str) -> str:
-        return self.ctl.execute(p.parse_stream(cmd.encode()),
-                                asyncio.get_running_loop().time())
-
-    def session(self, call: str = "call") -> Session:
-        s = next((s for s in self.table if s.call_id == call), None)
-        assert s is not None
-        return s
-
-    def counters(self, call: str = "call") -> Session:
-        """The session after collecting the C counters (they are collected periodically)."""
-        self.engine._sync_counters()
-        return self.session(call)
-
-    def close(self) -> None:
-        self.table.clear("shutdown")
-        self.engine.close()
-
-
-def peer_pair(host: str) -> tuple[Peer, Peer]:
-    """An RTP socket on an even port and the RTCP socket on the next one."""
-    for _ in range(50):
-        port = random.randrange(30000, 60000, 2)
-        try:
-            rtp = Peer(host, port)
-        except OSError:
-            continue
-        try:
-            return rtp, Peer(host, port + 1)
-        except OSError:
-            rtp.close()
-    raise RuntimeError("no free even/odd port pair on loopback")
-
-
-def run(test: Callable[[Node], Awaitable[None]], latch: str = "ip") -> None:
-    async def main() -> None:
-        node = Node(latch)
-        try:
-            await test(node)
-        finally:
-            node.close()
-    asyncio.run(main())
-
-
-def port_of(reply: str) -> tuple[str, int]:
-    parts = reply.split()
-    assert parts[0].isdigit(), reply
-    return parts[1], int(parts[0])
-
-
-def setup_call(node: Node, a: Peer, b: Peer, mods: str = "") -> tuple[tuple, tuple]:
-    to_b_side = port_of(node(f"U{mods} call {a.addr[0]} {a.addr[1]} ftag;1"))
-    to_a_side = port_of(node(f"L call {b.addr[0]} {b.addr[1]} ftag;1 ttag;1"))
-    return to_b_side, to_a_side
 
 
 def test_rtp_and_rtcp_are_relayed_in_c_with_symmetric_addresses() -> None:
@@ -154,110 +62,7 @@ def test_rtp_and_rtcp_are_relayed_in_c_with_symmetric_addresses() -> None:
         assert totals["relayed"] == 60 and totals["engine"] == "c"
         for peer in (a, a_rtcp, b, b_rtcp):
             peer.close()
-    run(test)
-
-
-def test_nat_changed_source_port_is_learned_and_used() -> None:
-    async def test(node: Node) -> None:
-        a_signalled, a_real, b = Peer(CALLER), Peer(CALLER), Peer(CALLEE)
-        to_b_side, to_a_side = setup_call(node, a_signalled, b)
-        a_real.send(to_a_side, 1)
-        await b.recv(1)
-        assert node.session().a.latched == a_real.addr
-        b.send(to_b_side, 2)
-        assert len(await a_real.recv(2)) == 2
-        assert await a_signalled.nothing()
-        for peer in (a_signalled, a_real, b):
-            peer.close()
-    run(test)
-
-
-def test_strangers_are_dropped_before_and_after_latching() -> None:
-    async def test(node: Node) -> None:
-        a, b, stranger = Peer(CALLER), Peer(CALLEE), Peer(STRANGER)
-        to_b_side, to_a_side = setup_call(node, a, b)
-        stranger.send(to_a_side, 3)        # first to arrive, from another host
-        assert await b.nothing()
-        a.send(to_a_side, 1)
-        await b.recv(1)
-        b.send(to_b_side, 1)
-        await a.recv(1)
-        assert await stranger.nothing()
-        stranger.send(to_a_side, 1)        # after latching: dropped in C
-        a_other_port = Peer(CALLER)
-        a_other_port.send(to_a_side, 1)    # same host, other port: the learned one stays
-        assert await b.nothing()
-        s = node.counters()
-        assert s.a.latched == a.addr and s.a.counters.dropped == 5
-        for peer in (a, b, stranger, a_other_port):
-            peer.close()
-    run(test)
-
-
-def test_any_policy_learns_the_first_source() -> None:
-    async def test(node: Node) -> None:
-        a, b, stranger = Peer(CALLER), Peer(CALLEE), Peer(STRANGER)
-        to_b_side, to_a_side = setup_call(node, a, b)
-        stranger.send(to_a_side, 1)
-        await b.recv(1)
-        b.send(to_b_side, 1)
-        await stranger.recv(1)
-        for peer in (a, b, stranger):
-            peer.close()
-    run(test, latch="any")
-
-
-def test_asymmetric_party_receives_on_its_signalled_port() -> None:
-    async def test(node: Node) -> None:
-        a_recv, a_send, a_send2, b = Peer(CALLER), Peer(CALLER), Peer(CALLER), Peer(CALLEE)
-        to_b_side, to_a_side = setup_call(node, a_recv, b, "A")
-        a_send.send(to_a_side, 2)
-        await b.recv(2)
-        a_send2.send(to_a_side, 2)         # another source of the same host: still fine
-        await b.recv(2)
-        b.send(to_b_side, 2)
-        assert len(await a_recv.recv(2)) == 2
-        assert await a_send.nothing()
-        assert node.session().a.latched is None
-        for peer in (a_recv, a_send, a_send2, b):
-            peer.close()
-    run(test)
-
-
-def test_hold_forwards_nothing_to_the_held_party() -> None:
-    async def test(node: Node) -> None:
-        a, b = Peer(CALLER), Peer(CALLEE)
-        to_b_side, to_a_side = setup_call(node, a, b)
-        a.send(to_a_side, 1)
-        await b.recv(1)
-        node(f"U call 0.0.0.0 {a.addr[1]} ftag;1 ttag;1")
-        b.send(to_b_side, 3)
-        assert await a.nothing()
-        a.send(to_a_side, 1)
-        await b.recv(1)
-        node(f"U call {CALLER} {a.addr[1]} ftag;1 ttag;1")
-        b.send(to_b_side, 2)
-        assert len(await a.recv(2)) == 2
-        assert node.counters().b.counters.dropped == 3
-        for peer in (a, b):
-            peer.close()
-    run(test)
-
-
-def test_ipv4_to_ipv6_bridging() -> None:
-    async def test(node: Node) -> None:
-        a, b = Peer(CALLER), Peer("::1")
-        to_b_side = port_of(node(f"UIE call {CALLER} {a.addr[1]} ftag;1"))
-        assert to_b_side[0] == RELAY6
-        to_a_side = port_of(node(f"LEI6 call ::1 {b.addr[1]} ftag;1 ttag;1"))
-        assert to_a_side[0] == RELAY4
-        a.send(to_a_side, 2)
-        assert {src for _, src in await b.recv(2)} == {to_b_side}
-        b.send(to_b_side, 20)
-        assert {src for _, src in await a.recv(20)} == {to_a_side}
-        for peer in (a, b):
-            peer.close()
-    run(test)
+    run(test, FastMediaEngine)
 
 
 def test_delete_removes_the_legs_and_frees_the_ports() -> None:
@@ -283,33 +88,12 @@ def test_delete_removes_the_legs_and_frees_the_ports() -> None:
         assert len(await b2.recv(3)) == 3
         for peer in (a, b, a2, b2):
             peer.close()
-    run(test)
-
-
-def test_a_session_from_another_node_opens_the_same_ports() -> None:
-    async def main() -> None:
-        n1 = Node(name="n1")
-        a, a_real, b = Peer(CALLER), Peer(CALLER), Peer(CALLEE)
-        to_b_side, to_a_side = setup_call(n1, a, b)
-        a_real.send(to_a_side, 1)
-        await b.recv(1)
-        record = n1.session().to_dict()
-        n1.engine.close()
-        n2 = Node(name="n2", first=n1.first)
-        assert n2.table.apply_remote(Change("create", Session.from_dict(record)))
-        a_real.send(to_a_side, 2)
-        assert {src for _, src in await b.recv(2)} == {to_b_side}
-        b.send(to_b_side, 2)
-        assert len(await a_real.recv(2)) == 2
-        n2.close()
-        for peer in (a, a_real, b):
-            peer.close()
-    asyncio.run(main())
+    run(test, FastMediaEngine)
 
 
 def test_many_calls_and_a_stranger_flood() -> None:
     async def main() -> None:
-        node = Node(size=4 * 40 + 10)
+        node = Node(FastMediaEngine, size=4 * 40 + 10)
         phones = []
         for i in range(40):
             a, b = Peer(CALLER), Peer(CALLEE)
@@ -335,7 +119,7 @@ def test_many_calls_and_a_stranger_flood() -> None:
 
 
 def test_media_engine_falls_back_without_c(monkeypatch: pytest.MonkeyPatch) -> None:
-    from relay.fastpath.rtp import FastMediaEngine, media_engine
+    from relay.fastpath.rtp import media_engine
     from relay.rtpproxy.media import MediaEngine
 
     async def main() -> None:

@@ -4,9 +4,6 @@ Python core (relay.satp): same bytes for seal, same answers for open and for the
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,9 +12,7 @@ from relay import fastpath
 from relay.satp import MasterKey, OpenError, ReplayGuard, Role, SatpContext, Suite, Verdict
 from relay.satp.kdf import LABELS, KeyDerivation
 from tests.conftest import require
-
-VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "satp" / "captured.json"
-ENTRIES = json.loads(VECTORS.read_text())
+from tests.satp_captures import ENTRIES, ENTRY_IDS, master_of, suite_of
 
 
 @pytest.fixture(autouse=True)
@@ -25,23 +20,9 @@ def _built() -> None:
     require(fastpath.available(), f"the C fast path ({fastpath.unavailable_reason()})")
 
 
-def _suite(e: dict) -> Suite:
-    suite = Suite.parse(e["cipher"], e["auth_algo"], e["kd_prf"], e["auth_tag_length"])
-    if e["case"] == "q_uanytun_kd_keylen_mismatch":
-        suite = Suite(suite.cipher_key_len, 16, suite.auth, suite.tag_len)  # libgcrypt ran AES-128
-    return suite
-
-
-def _master(e: dict) -> MasterKey | None:
-    if not e["master_key"]:
-        return None
-    return MasterKey(bytes.fromhex(e["master_key"]), bytes.fromhex(e["master_salt"]))
-
-
-@pytest.mark.parametrize("e", ENTRIES, ids=[f"{e['case']}-{e['role_of_sender']}-{e['seq']}-{i}"
-                                            for i, e in enumerate(ENTRIES)])
+@pytest.mark.parametrize("e", ENTRIES, ids=ENTRY_IDS)
 def test_captured_datagram_opens_and_reseals_byte_for_byte(e: dict) -> None:
-    suite, master, sender = _suite(e), _master(e), Role.parse(e["role_of_sender"])
+    suite, master, sender = suite_of(e), master_of(e), Role.parse(e["role_of_sender"])
     outer = bytes.fromhex(e["outer_hex"])
     opened = fastpath.SatpCrypto(suite, master, sender.peer).open(outer)
     assert opened.payload.hex() == e["inner_hex"]
@@ -63,7 +44,7 @@ def test_every_captured_configuration_is_covered() -> None:
 @pytest.mark.parametrize("e", [e for e in ENTRIES if e["auth_algo"] == "sha1"][:8],
                          ids=lambda e: e["case"])
 def test_captured_datagram_fails_for_the_wrong_role_and_when_altered(e: dict) -> None:
-    suite, master, sender = _suite(e), _master(e), Role.parse(e["role_of_sender"])
+    suite, master, sender = suite_of(e), master_of(e), Role.parse(e["role_of_sender"])
     outer = bytes.fromhex(e["outer_hex"])
     with pytest.raises(OpenError, match="auth"):
         fastpath.SatpCrypto(suite, master, sender).open(outer)  # same role: other labels

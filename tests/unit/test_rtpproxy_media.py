@@ -1,115 +1,43 @@
-"""The media engine with real UDP sockets on loopback: forwarding, RTCP, latching, hold,
-IPv4/IPv6 bridging, freeing ports, and a session taken over from another node."""
+"""The media engines with real UDP sockets on loopback: forwarding, RTCP, latching, hold,
+IPv4/IPv6 bridging, freeing ports, and a session taken over from another node. The behaviour
+both engines share runs once per engine (the Python MediaEngine and the C FastMediaEngine);
+the C engine's own tests are in test_fastpath_media.py."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import socket
-from collections.abc import Awaitable, Callable
 
 import pytest
 
-from relay.rtpproxy import protocol as p
-from relay.rtpproxy.commands import Controller
+from relay import fastpath
+from relay.fastpath.rtp import FastMediaEngine
 from relay.rtpproxy.media import MediaEngine
-from relay.rtpproxy.ports import PairAllocator
-from relay.rtpproxy.sessions import Change, Session, SessionTable
-
-RELAY4, RELAY6 = "127.0.0.1", "::1"
-CALLER, CALLEE, STRANGER = "127.0.0.2", "127.0.0.3", "127.0.0.4"
-
-
-def port_range() -> tuple[int, int]:
-    base = random.randrange(20000, 29000, 2)
-    return base, base + 38
-
-
-class Peer:
-    """A phone: one UDP socket, non-blocking, read through the loop."""
-
-    def __init__(self, host: str, port: int = 0) -> None:
-        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(fam, socket.SOCK_DGRAM)
-        self.sock.bind((host, port))
-        self.sock.setblocking(False)
-        self.addr = self.sock.getsockname()[:2]
-
-    def send(self, dest: tuple[str, int], n: int = 1, tag: bytes = b"rtp") -> None:
-        for i in range(n):
-            self.sock.sendto(tag + b"-%d" % i, dest)
-
-    async def recv(self, n: int, timeout: float = 3.0) -> list[tuple[bytes, tuple]]:
-        loop = asyncio.get_running_loop()
-        got = []
-        for _ in range(n):
-            data, src = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 2048), timeout)
-            got.append((data, src[:2]))
-        return got
-
-    async def nothing(self, wait: float = 0.3) -> bool:
-        try:
-            await self.recv(1, wait)
-        except TimeoutError:
-            return True
-        return False
-
-    def close(self) -> None:
-        self.sock.close()
+from relay.rtpproxy.sessions import Change, Session
+from tests.conftest import require
+from tests.media_kit import (
+    CALLEE,
+    CALLER,
+    RELAY4,
+    RELAY6,
+    STRANGER,
+    Engine,
+    Node,
+    Peer,
+    peer_pair,
+    port_of,
+    run,
+    setup_call,
+)
 
 
-def peer_pair(host: str) -> tuple[Peer, Peer]:
-    """An RTP socket on an even port and the RTCP socket on the next one."""
-    for _ in range(50):
-        port = random.randrange(30000, 60000, 2)
-        try:
-            rtp = Peer(host, port)
-        except OSError:
-            continue
-        try:
-            return rtp, Peer(host, port + 1)
-        except OSError:
-            rtp.close()
-    raise RuntimeError("no free even/odd port pair on loopback")
-
-
-class Node:
-    def __init__(self, first: int, last: int, latch: str = "ip", name: str = "n1") -> None:
-        self.table = SessionTable(node=name, timeout=60.0)
-        self.allocator = PairAllocator(first, last)
-        self.engine = MediaEngine(self.table, self.allocator, latch=latch)
-        self.ctl = Controller(self.table, self.engine, [RELAY4, RELAY6],
-                              allocator=self.allocator, totals=self.engine.totals)
-
-    def __call__(self, cmd: str) -> str:
-        return self.ctl.execute(p.parse_stream(cmd.encode()),
-                                asyncio.get_running_loop().time())
-
-    def session(self, call: str = "call") -> Session:
-        s = next((s for s in self.table if s.call_id == call), None)
-        assert s is not None
-        return s
-
-    def close(self) -> None:
-        self.table.clear("shutdown")
-        self.engine.close()
-
-
-def run(test: Callable[..., Awaitable[None]], latch: str = "ip") -> None:
-    async def main() -> None:
-        first, last = port_range()
-        node = Node(first, last, latch)
-        try:
-            await test(node)
-        finally:
-            node.close()
-    asyncio.run(main())
-
-
-def port_of(reply: str) -> tuple[str, int]:
-    parts = reply.split()
-    assert parts[0].isdigit(), reply
-    return parts[1], int(parts[0])
+@pytest.fixture(params=["py", "c"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    if request.param == "c":
+        require(fastpath.available(), f"the C fast path ({fastpath.unavailable_reason()})")
+        return FastMediaEngine
+    return MediaEngine
 
 
 # -- forwarding ----------------------------------------------------------------------------
@@ -143,14 +71,13 @@ def test_rtp_and_rtcp_are_relayed_with_symmetric_addresses() -> None:
         assert node.engine.totals()["relayed"] >= 8
         for peer in (a, a_rtcp, b, b_rtcp):
             peer.close()
-    run(test)
+    run(test, MediaEngine)
 
 
-def test_nat_changed_source_port_is_learned_and_used() -> None:
+def test_nat_changed_source_port_is_learned_and_used(engine: Engine) -> None:
     async def test(node: Node) -> None:
         a_signalled, a_real, b = Peer(CALLER), Peer(CALLER), Peer(CALLEE)
-        to_b_side = port_of(node(f"U call {CALLER} {a_signalled.addr[1]} ftag;1"))
-        to_a_side = port_of(node(f"L call {CALLEE} {b.addr[1]} ftag;1 ttag;1"))
+        to_b_side, to_a_side = setup_call(node, a_signalled, b)
         a_real.send(to_a_side, 1)          # the NAT gave another source port
         await b.recv(1)
         assert node.session().a.latched == a_real.addr
@@ -159,14 +86,13 @@ def test_nat_changed_source_port_is_learned_and_used() -> None:
         assert await a_signalled.nothing()
         for peer in (a_signalled, a_real, b):
             peer.close()
-    run(test)
+    run(test, engine)
 
 
-def test_untrusted_source_cannot_take_over_under_ip_policy() -> None:
+def test_untrusted_source_cannot_take_over_under_ip_policy(engine: Engine) -> None:
     async def test(node: Node) -> None:
         a, b, stranger = Peer(CALLER), Peer(CALLEE), Peer(STRANGER)
-        to_b_side = port_of(node(f"U call {CALLER} {a.addr[1]} ftag;1"))
-        to_a_side = port_of(node(f"L call {CALLEE} {b.addr[1]} ftag;1 ttag;1"))
+        to_b_side, to_a_side = setup_call(node, a, b)
         stranger.send(to_a_side, 3)        # first to arrive, from another host
         assert await b.nothing()
         a.send(to_a_side, 1)
@@ -176,48 +102,52 @@ def test_untrusted_source_cannot_take_over_under_ip_policy() -> None:
         assert await stranger.nothing()
         stranger.send(to_a_side, 1)        # after latching, still nothing
         assert await b.nothing()
-        s = node.session()
+        s = node.counters()
         assert s.a.latched == a.addr and s.a.counters.dropped == 4
-        for peer in (a, b, stranger):
+        a_other_port = Peer(CALLER)
+        a_other_port.send(to_a_side, 1)    # same host, other port: the learned one stays
+        assert await b.nothing()
+        s = node.counters()
+        assert s.a.latched == a.addr and s.a.counters.dropped == 5
+        for peer in (a, b, stranger, a_other_port):
             peer.close()
-    run(test)
+    run(test, engine)
 
 
-def test_any_policy_learns_the_first_source_like_rtpproxy() -> None:
+def test_any_policy_learns_the_first_source_like_rtpproxy(engine: Engine) -> None:
     async def test(node: Node) -> None:
         a, b, stranger = Peer(CALLER), Peer(CALLEE), Peer(STRANGER)
-        to_b_side = port_of(node(f"U call {CALLER} {a.addr[1]} ftag;1"))
-        to_a_side = port_of(node(f"L call {CALLEE} {b.addr[1]} ftag;1 ttag;1"))
+        to_b_side, to_a_side = setup_call(node, a, b)
         stranger.send(to_a_side, 1)
         await b.recv(1)
         b.send(to_b_side, 1)
         await stranger.recv(1)             # the reason 'ip' is the default
         for peer in (a, b, stranger):
             peer.close()
-    run(test, latch="any")
+    run(test, engine, latch="any")
 
 
-def test_asymmetric_party_receives_on_its_signalled_port() -> None:
+def test_asymmetric_party_receives_on_its_signalled_port(engine: Engine) -> None:
     async def test(node: Node) -> None:
-        a_recv, a_send, b = Peer(CALLER), Peer(CALLER), Peer(CALLEE)
-        to_b_side = port_of(node(f"UA call {CALLER} {a_recv.addr[1]} ftag;1"))
-        to_a_side = port_of(node(f"L call {CALLEE} {b.addr[1]} ftag;1 ttag;1"))
+        a_recv, a_send, a_send2, b = Peer(CALLER), Peer(CALLER), Peer(CALLER), Peer(CALLEE)
+        to_b_side, to_a_side = setup_call(node, a_recv, b, "A")
         a_send.send(to_a_side, 2)
+        await b.recv(2)
+        a_send2.send(to_a_side, 2)         # another source of the same host: still fine
         await b.recv(2)
         b.send(to_b_side, 2)
         assert len(await a_recv.recv(2)) == 2
         assert await a_send.nothing()
         assert node.session().a.latched is None
-        for peer in (a_recv, a_send, b):
+        for peer in (a_recv, a_send, a_send2, b):
             peer.close()
-    run(test)
+    run(test, engine)
 
 
-def test_hold_forwards_nothing_to_the_held_party() -> None:
+def test_hold_forwards_nothing_to_the_held_party(engine: Engine) -> None:
     async def test(node: Node) -> None:
         a, b = Peer(CALLER), Peer(CALLEE)
-        to_b_side = port_of(node(f"U call {CALLER} {a.addr[1]} ftag;1"))
-        to_a_side = port_of(node(f"L call {CALLEE} {b.addr[1]} ftag;1 ttag;1"))
+        to_b_side, to_a_side = setup_call(node, a, b)
         a.send(to_a_side, 1)
         await b.recv(1)
         node(f"U call 0.0.0.0 {a.addr[1]} ftag;1 ttag;1")
@@ -228,13 +158,13 @@ def test_hold_forwards_nothing_to_the_held_party() -> None:
         node(f"U call {CALLER} {a.addr[1]} ftag;1 ttag;1")
         b.send(to_b_side, 2)
         assert len(await a.recv(2)) == 2
-        assert node.session().b.counters.dropped == 3
+        assert node.counters().b.counters.dropped == 3
         for peer in (a, b):
             peer.close()
-    run(test)
+    run(test, engine)
 
 
-def test_ipv4_to_ipv6_bridging() -> None:
+def test_ipv4_to_ipv6_bridging(engine: Engine) -> None:
     async def test(node: Node) -> None:
         a, b = Peer(CALLER), Peer("::1")
         to_b_side = port_of(node(f"UIE call {CALLER} {a.addr[1]} ftag;1"))
@@ -244,11 +174,11 @@ def test_ipv4_to_ipv6_bridging() -> None:
         a.send(to_a_side, 2)
         got = await b.recv(2)
         assert {src for _, src in got} == {to_b_side}
-        b.send(to_b_side, 2)
-        assert {src for _, src in await a.recv(2)} == {to_a_side}
+        b.send(to_b_side, 20)
+        assert {src for _, src in await a.recv(20)} == {to_a_side}
         for peer in (a, b):
             peer.close()
-    run(test)
+    run(test, engine)
 
 
 # -- ports ------------------------------------------------------------------------------------
@@ -270,7 +200,7 @@ def test_delete_closes_the_sockets_and_frees_the_ports() -> None:
         assert await b.nothing()
         for peer in (a, b):
             peer.close()
-    run(test)
+    run(test, MediaEngine)
 
 
 def test_ports_taken_by_other_programs_are_skipped() -> None:
@@ -284,25 +214,23 @@ def test_ports_taken_by_other_programs_are_skipped() -> None:
             assert port_of(reply)[1] == s.b.port
         finally:
             squatter.close()
-    run(test)
+    run(test, MediaEngine)
 
 
-def test_a_session_from_another_node_opens_the_same_ports() -> None:
+def test_a_session_from_another_node_opens_the_same_ports(engine: Engine) -> None:
     """What the cluster needs: node 2 gets node 1's record (ports, learned addresses) and
     relays on the same ports after the route moved."""
     async def main() -> None:
-        first, last = port_range()
-        n1 = Node(first, last, name="n1")
+        n1 = Node(engine, name="n1")
         a, a_real, b = Peer(CALLER), Peer(CALLER), Peer(CALLEE)
-        to_b_side = port_of(n1(f"U call {CALLER} {a.addr[1]} ftag;1"))
-        to_a_side = port_of(n1(f"L call {CALLEE} {b.addr[1]} ftag;1 ttag;1"))
+        to_b_side, to_a_side = setup_call(n1, a, b)
         a_real.send(to_a_side, 1)
         await b.recv(1)
         b.send(to_b_side, 1)
         await b.nothing(0.1)
         record = n1.session().to_dict()   # what a cluster backend would carry
         n1.engine.close()                 # node 1 goes away (its sockets close)
-        n2 = Node(first, last, name="n2")
+        n2 = Node(engine, name="n2", first=n1.first)
         seen: list[Change] = []
         n2.table.subscribe(seen.append)
         assert n2.table.apply_remote(Change("create", Session.from_dict(record)))
@@ -322,8 +250,7 @@ def test_a_session_from_another_node_opens_the_same_ports() -> None:
 @pytest.mark.parametrize("n_calls", [20])
 def test_many_concurrent_sessions(n_calls: int) -> None:
     async def main() -> None:
-        base = random.randrange(20000, 28000, 2)
-        node = Node(base, base + 4 * n_calls + 10)
+        node = Node(MediaEngine, first=random.randrange(20000, 28000, 2), size=4 * n_calls + 10)
         phones = []
         for i in range(n_calls):
             a, b = Peer(CALLER), Peer(CALLEE)

@@ -3,37 +3,16 @@ re-encrypt to the same bytes."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
-from relay.satp import MasterKey, OpenError, Role, SatpContext, Suite, from_passphrase
+from relay.satp import OpenError, Role, SatpContext, Suite, from_passphrase
 from relay.satp import keys as satp_keys
-
-# A copy of the shared captures (spec/satp.md section 7), kept with the tests.
-VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "satp" / "captured.json"
-ENTRIES = json.loads(VECTORS.read_text())
+from tests.satp_captures import ENTRIES, ENTRY_IDS, master_of, suite_of
 
 
-def _suite(e: dict) -> Suite:
-    suite = Suite.parse(e["cipher"], e["auth_algo"], e["kd_prf"], e["auth_tag_length"])
-    if e["case"] == "q_uanytun_kd_keylen_mismatch":
-        # uanytun was given -k aes-ctr-256 with a 128-bit key; libgcrypt ran AES-128.
-        suite = Suite(suite.cipher_key_len, 16, suite.auth, suite.tag_len)
-    return suite
-
-
-def _master(e: dict) -> MasterKey | None:
-    if not e["master_key"]:
-        return None
-    return MasterKey(bytes.fromhex(e["master_key"]), bytes.fromhex(e["master_salt"]))
-
-
-@pytest.mark.parametrize("e", ENTRIES, ids=[f"{e['case']}-{e['role_of_sender']}-{e['seq']}-{i}"
-                                            for i, e in enumerate(ENTRIES)])
+@pytest.mark.parametrize("e", ENTRIES, ids=ENTRY_IDS)
 def test_captured_datagram_round_trip(e: dict) -> None:
-    suite, master, sender = _suite(e), _master(e), Role.parse(e["role_of_sender"])
+    suite, master, sender = suite_of(e), master_of(e), Role.parse(e["role_of_sender"])
     outer = bytes.fromhex(e["outer_hex"])
     opened = SatpContext(suite, master, sender.peer).open(outer)
     assert opened.payload.hex() == e["inner_hex"]
@@ -48,7 +27,7 @@ def test_captured_datagram_round_trip(e: dict) -> None:
                          ids=lambda e: e["case"])
 def test_captured_datagram_rejected_by_the_same_role(e: dict) -> None:
     """Opposite roles are required: the sender's own role does not authenticate it."""
-    ctx = SatpContext(_suite(e), _master(e), Role.parse(e["role_of_sender"]))
+    ctx = SatpContext(suite_of(e), master_of(e), Role.parse(e["role_of_sender"]))
     with pytest.raises(OpenError):
         ctx.open(bytes.fromhex(e["outer_hex"]))
 
