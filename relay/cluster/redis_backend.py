@@ -58,6 +58,7 @@ log = logging.getLogger("anytun-relay.redis")
 
 HEARTBEAT_TTL = 30
 BLOCK_PAIRS = 16
+STOP_GRACE = 2.0        # seconds a stopping link may take before it is abandoned
 
 _CAS = """
 local purged = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -216,9 +217,7 @@ class RedisBackend:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await _cancel_within([self._task], STOP_GRACE)
             self._task = None
         self.connected = False
 
@@ -406,11 +405,20 @@ async def _first_failure(*coros) -> None:
         for t in done:
             t.result()
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await _cancel_within(tasks, STOP_GRACE)
+
+
+async def _cancel_within(tasks: list[asyncio.Task], grace: float) -> None:
+    """Cancel `tasks` and wait for them at most `grace` seconds: a client call that swallows
+    the cancellation must not hang a node's shutdown or reconnect."""
+    for t in tasks:
+        t.cancel()
+    _done, stuck = await asyncio.wait(tasks, timeout=grace)
+    for t in stuck:
+        log.warning("redis sync: %s did not stop within %.0f s; abandoned", t.get_coro(), grace)
+    for t in _done:
+        if not t.cancelled():
+            t.exception()  # retrieved: a failure while stopping is not news
 
 
 def _redact(url: str) -> str:
