@@ -17,7 +17,7 @@
 
 static const char *g_addr, *g_expect;
 static int g_port, g_iterations;
-static atomic_int g_ok, g_wrong, g_errors, g_stop;
+static atomic_int g_ok, g_wrong, g_errors, g_stop, g_running;
 
 /* One connection: 0 right server, 1 wrong server or address, -1 error. */
 static int one_connection(void)
@@ -69,6 +69,7 @@ static void *worker(void *arg)
 static void *forever(void *arg)
 {
     (void)arg;
+    atomic_fetch_add(&g_running, 1);
     while (!atomic_load(&g_stop))
         count(one_connection());
     return NULL;
@@ -96,6 +97,12 @@ int main(int argc, char **argv)
         pthread_create(&tids[i], NULL, forks ? forever : worker, NULL);
     int child_failures = 0;
     if (forks) {
+        /* Fork only once every thread runs and connections flow: a child forked while a thread
+         * is still being created can deadlock inside the sanitizer runtimes (their thread
+         * registry lock), which is not what this test is about. */
+        for (int waited = 0; waited < 1000 && (atomic_load(&g_running) < threads ||
+                                               atomic_load(&g_ok) < threads); waited++)
+            usleep(10000);
         for (int i = 0; i < g_iterations; i++) {
             pid_t pid = fork();
             if (pid == 0) {
