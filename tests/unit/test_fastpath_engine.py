@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from aarp.icmp import checksum
 from relay import fastpath
 from relay.fastpath import Engine, ReplayParams
 from relay.satp import MasterKey, OpenError, Role, Suite, from_passphrase
@@ -36,27 +37,18 @@ def _built() -> None:
     require(fastpath.available(), f"the C fast path ({fastpath.unavailable_reason()})")
 
 
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def ipv4(payload: bytes, proto: int = 17, ident: int = 1, src: bytes = b"\x0a\0\0\x01",
          dst: bytes = b"\x0a\0\0\x02", df: bool = True) -> bytes:
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, 0x4000 if df else 0,
                       64, proto, 0, src, dst)
-    return hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:] + payload
+    return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:] + payload
 
 
 def udp4(data: bytes, ident: int = 1, sport: int = 1000, dport: int = 2000) -> bytes:
     src, dst = b"\x0a\0\0\x01", b"\x0a\0\0\x02"
     u = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
     pseudo = src + dst + struct.pack("!BBH", 0, 17, len(u))
-    c = csum(pseudo + u) or 0xFFFF
+    c = checksum(pseudo + u) or 0xFFFF
     return ipv4(u[:6] + struct.pack("!H", c) + u[8:], 17, ident, src, dst)
 
 
@@ -66,7 +58,7 @@ def tcp4(data: bytes, seq: int, ident: int, flags: int = 0x10, ack: int = 7,
     off = (20 + len(opts)) // 4
     t = struct.pack("!HHIIBBHHH", 5000, 80, seq, ack, off << 4, flags, 1000, 0, 0) + opts + data
     pseudo = src + dst + struct.pack("!BBH", 0, 6, len(t))
-    c = csum(pseudo + t)
+    c = checksum(pseudo + t)
     return ipv4(t[:16] + struct.pack("!H", c) + t[18:], 6, ident, src, dst)
 
 
@@ -74,7 +66,7 @@ def l4_ok(ip: bytes) -> bool:
     ihl = (ip[0] & 15) * 4
     l4 = ip[ihl:]
     pseudo = ip[12:20] + struct.pack("!BBH", 0, ip[9], len(l4))
-    return csum(ip[:ihl]) == 0 and csum(pseudo + l4) == 0
+    return checksum(ip[:ihl]) == 0 and checksum(pseudo + l4) == 0
 
 
 class Rig:
@@ -308,7 +300,7 @@ def test_vnet_hdr_tso_read_is_cut_into_wire_packets() -> None:
     payload = bytes(random.Random(2).randbytes(10_000))
     big = bytearray(tcp4(payload, seq=5000, ident=40, flags=0x18))  # ACK|PSH
     big[36:38] = b"\0\0"  # the kernel leaves only the pseudo-header sum (set below)
-    pseudo = csum(big[12:20] + struct.pack("!BBH", 0, 6, len(big) - 20))
+    pseudo = checksum(big[12:20] + struct.pack("!BBH", 0, 6, len(big) - 20))
     big[36:38] = struct.pack("!H", ~pseudo & 0xFFFF)
     vh = struct.pack("=BBHHHH", 1, 1, 40, 1000, 20, 16)
     r = Rig(vnet=True, preload=[vh + bytes(big)])
@@ -432,10 +424,10 @@ def test_tcp_segments_of_one_flow_become_one_gso_write() -> None:
     flags, gso_type, hdr_len, gso_size, cstart, coff = struct.unpack_from("=BBHHHH", writes[0])
     assert (flags, gso_type, hdr_len, gso_size, cstart, coff) == (1, 1, 40, 1000, 20, 16)
     ip = writes[0][10:]
-    assert struct.unpack("!H", ip[2:4])[0] == 40 + 5000 and csum(ip[:20]) == 0
+    assert struct.unpack("!H", ip[2:4])[0] == 40 + 5000 and checksum(ip[:20]) == 0
     assert ip[40:] == b"".join(bytes([i]) * 1000 for i in range(5))
     # the TCP checksum field holds the pseudo-header sum for the kernel to complete
-    partial = csum(ip[12:20] + struct.pack("!BBH", 0, 6, 5020))
+    partial = checksum(ip[12:20] + struct.pack("!BBH", 0, 6, 5020))
     assert struct.unpack("!H", ip[36:38])[0] == ~partial & 0xFFFF
 
 
