@@ -6,12 +6,15 @@ PY := $(VENV)/bin/python
 PREFIX ?= /usr/local
 
 # System packages the demo, the suite and the benchmarks use (installed only when missing).
-APT_RUNTIME := iproute2 iputils-ping procps util-linux nftables curl
+# Building the package compiles libaarp.so (and the optional OpenSSL fast path).
+APT_RUNTIME := iproute2 iputils-ping procps util-linux nftables curl gcc libc6-dev libssl-dev \
+	python3-venv
 APT_TEST := $(APT_RUNTIME) wget bind9-dnsutils dnsmasq-base netcat-openbsd tcpdump iperf3 \
-	anytun uanytun kamailio sip-tester redis-server valgrind gcc libc6-dev make psmisc ethtool \
-	socat python3-venv libssl-dev clang libclang-rt-14-dev openssl
+	anytun uanytun kamailio sip-tester redis-server valgrind make psmisc ethtool socat clang \
+	libclang-rt-14-dev openssl
 APT_BENCH := $(APT_TEST) rtpengine-daemon linux-perf
-APT_DEMO := $(APT_RUNTIME) kamailio sip-tester
+# The demo's chapters run uanytun (tunnels), Kamailio + SIPp (relay mode), Redis (cluster).
+APT_DEMO := $(APT_RUNTIME) uanytun kamailio sip-tester redis-server
 
 .PHONY: help deps-runtime deps-test deps-bench deps-demo venv build install demo test test-unit lint \
 	bench clean
