@@ -60,10 +60,10 @@ build: venv
 	$(PY) setup.py -q build_ext --inplace
 
 demo: deps-demo build
-	$(PY) -m aarp.demo
+	$(PY) -m demo
 
 lint: venv
-	$(VENV)/bin/ruff check aarp relay tests bench setup.py
+	$(VENV)/bin/ruff check aarp relay tests bench lab demo setup.py
 
 test: deps-test build lint
 	$(VENV)/bin/pytest -n 2 --dist loadgroup tests

@@ -16,10 +16,10 @@ import time
 import traceback
 from pathlib import Path
 
-from aarp.lab import AA4, AnycastLab
-from aarp.lab.netns import stop_process
-from aarp.lab.services import wait_port
 from bench.common import row, seconds
+from lab import AA4, AnycastLab
+from lab.netns import stop_process
+from lab.services import wait_port
 
 REDIS_PORT = 6390
 RELAY = [sys.executable, "-m", "relay.cli", "-D", "-L", "stdout:3"]

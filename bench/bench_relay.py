@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aarp.lab import stop_process
 from bench.common import CpuWindow, NsPair, blaster, median, rounds, row, rss_bytes, seconds
+from lab import stop_process
 
 CONTROL_PORT = 22222
 PORTS = (30000, 39999)

@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 
 from aarp import shim
-from aarp.lab import AA6, AK6, AnycastLab
 from bench.common import median, rounds, row
+from lab import AA6, AK6, AnycastLab
 
 PORT = 7000
 CALLS = 3000

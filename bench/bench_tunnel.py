@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aarp.lab import stop_process
 from bench.common import (
     CpuWindow,
     NsPair,
@@ -39,6 +38,7 @@ from bench.common import (
     seconds,
     wait_link,
 )
+from lab import stop_process
 
 TUN_A, TUN_B = "10.10.0.1", "10.10.0.2"
 PASSPHRASE = "bench-passphrase"

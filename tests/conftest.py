@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aarp.lab import AnycastLab, netns
+from lab import AnycastLab, netns
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aarp import shim
-from aarp.lab import AA4, AA6, AK6, AnycastLab, LabError
-from aarp.lab.topology import Node
+from lab import AA4, AA6, AK6, AnycastLab, LabError
+from lab.topology import Node
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

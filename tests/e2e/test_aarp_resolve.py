@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from aarp.lab import AA4, AA6, AK6, AnycastLab, Node
-from aarp.lab.services import wait_port
+from lab import AA4, AA6, AK6, AnycastLab, Node
+from lab.services import wait_port
 from tests.conftest import require, require_program
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("aarp-resolve")]

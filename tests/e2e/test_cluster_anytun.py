@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aarp.lab import AA4
+from lab import AA4
 from tests.conftest import require_program
 from tests.e2e import tunnel_util as tu
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from aarp.lab import AA4, AA6, AnycastLab
-from aarp.lab.services import make_blob, wait_port
-from relay.rtpproxy import labkit
+from lab import AA4, AA6, AnycastLab
+from lab import sip as labkit
+from lab.services import make_blob, wait_port
 from tests.conftest import require, require_program
 from tests.e2e import tunnel_util as tu
 
@@ -336,7 +336,7 @@ def test_relay_call_keeps_its_media_after_the_route_moves(cluster: Cluster) -> N
         (other,) = labkit.control(s2, RTP_CTL, [f"o2 U call-y {caller.ip4} 7000 ytag;1"])
         assert other is not None and int(other.split()[1]) not in (caller_side, callee_side)
         count = 150   # 3 s at 20 ms per packet, both ways
-        phones = [node.popen([sys.executable, "-m", "relay.rtpproxy.labkit", "rtp", node.ip4,
+        phones = [node.popen([sys.executable, "-m", "lab.sip", "rtp", node.ip4,
                               "6000", AA4, str(port), str(count), "4.5"], stdout=subprocess.PIPE)
                   for node, port in ((caller, caller_side), (callee, callee_side))]
         time.sleep(1.7)   # 0.5 s until the phones send, then about 60 packets each way

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from aarp.lab import AnycastLab, Node
+from lab import AnycastLab, Node
 from relay import fastpath
 from tests.conftest import require
 from tests.e2e import tunnel_util as tu

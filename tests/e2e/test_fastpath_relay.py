@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from aarp.lab import AA4
-from aarp.lab.services import wait_port
+from lab import AA4
+from lab import sip as labkit
+from lab.services import wait_port
 from relay import fastpath
-from relay.rtpproxy import labkit
 from tests.conftest import require
 from tests.e2e import tunnel_util as tu
 
@@ -53,11 +53,11 @@ def test_c_media_path_and_c_tunnel_in_one_daemon(lab_factory, tmp_path: Path) ->
         assert offer is not None and answer is not None
         callee_side, caller_side = int(offer.split()[1]), int(answer.split()[1])
         # a stranger sends to both relay ports first: dropped in C, nobody hears it
-        junk = stranger.popen([sys.executable, "-m", "relay.rtpproxy.labkit", "rtp",
+        junk = stranger.popen([sys.executable, "-m", "lab.sip", "rtp",
                                stranger.ip4, "6000", AA4, str(caller_side), "20", "1.0"],
                               cwd=str(ROOT))
         junk.communicate(timeout=20)
-        phones = [node.popen([sys.executable, "-m", "relay.rtpproxy.labkit", "rtp", node.ip4,
+        phones = [node.popen([sys.executable, "-m", "lab.sip", "rtp", node.ip4,
                               "6000", AA4, str(port), "100", "3.0"], cwd=str(ROOT))
                   for node, port in ((caller, caller_side), (callee, callee_side))]
         results = [json.loads(p.communicate(timeout=30)[0]) for p in phones]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from aarp.lab import AA4, AA6, AK6, AnycastLab, Node, netns
-from aarp.lab.services import make_blob, serve_http
+from lab import AA4, AA6, AK6, AnycastLab, Node, netns
+from lab.services import make_blob, serve_http
 
 pytestmark = pytest.mark.e2e
 

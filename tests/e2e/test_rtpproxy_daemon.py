@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from aarp.lab import AA4
-from aarp.lab.services import wait_port
-from relay.rtpproxy import labkit
+from lab import AA4
+from lab import sip as labkit
+from lab.services import wait_port
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,7 @@ def test_relay_and_tunnel_in_one_daemon(lab_factory, tmp_path: Path) -> None:
     caller_side = int(answer.split()[1])
     assert offer.split()[2].decode() == AA4
 
-    phones = [node.popen([sys.executable, "-m", "relay.rtpproxy.labkit", "rtp", node.ip4,
+    phones = [node.popen([sys.executable, "-m", "lab.sip", "rtp", node.ip4,
                           "6000", AA4, str(port), "50", "2.5"], cwd=str(ROOT))
               for node, port in ((caller, caller_side), (callee, callee_side))]
     results = [json.loads(p.communicate(timeout=20)[0]) for p in phones]

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from aarp.lab import AA4, AA6, AnycastLab
-from aarp.lab.netns import LabError
-from aarp.lab.services import wait_port
-from relay.rtpproxy import labkit
-from relay.rtpproxy.labkit import SipRoute
+from lab import AA4, AA6, AnycastLab
+from lab import sip as labkit
+from lab.netns import LabError
+from lab.services import wait_port
+from lab.sip import SipRoute
 from tests.conftest import require, require_program
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("rtpproxy-kamailio")]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aarp.lab import AA4, AnycastLab
+from lab import AA4, AnycastLab
 from tests.conftest import require, require_program
 from tests.e2e import tunnel_util as tu
 

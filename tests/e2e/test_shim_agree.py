@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from aarp.lab import AA4, AA6, AK6, AnycastLab
+from lab import AA4, AA6, AK6, AnycastLab
 from tests.c.support import ANYCAST, BIN, start_responders
 
 pytestmark = pytest.mark.e2e

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from aarp.lab import AA4, AA6, AK6
-from aarp.lab.services import make_blob, serve_http
+from lab import AA4, AA6, AK6
+from lab.services import make_blob, serve_http
 from tests.c.support import log_lines, preloaded, start_responders
 from tests.conftest import require_program
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aarp.lab import AA4, AA6, AK6, AnycastLab
+from lab import AA4, AA6, AK6, AnycastLab
 from tests.c.support import (
     WHOAMI_PORT,
     build,

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from aarp.lab import AA4, AA6, AK6, AnycastLab
-from aarp.lab.services import wait_port
+from lab import AA4, AA6, AK6, AnycastLab
+from lab.services import wait_port
 from tests.c.support import (
     WHOAMI_PORT,
     build,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from aarp.lab import AnycastLab
+from lab import AnycastLab
 from tests.e2e import tunnel_util as tu
 from tests.e2e.tunnel_util import K256, NULL, SECRET
 

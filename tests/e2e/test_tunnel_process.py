@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aarp.lab import AnycastLab
+from lab import AnycastLab
 from tests.e2e import tunnel_util as tu
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aarp.lab import AnycastLab, Node
+from lab import AnycastLab, Node
 from tests.e2e import tunnel_util as tu
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_tunnel_security")]  # one shared lab

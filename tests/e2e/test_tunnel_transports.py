@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from aarp.lab import AA4, AA6, AnycastLab
+from lab import AA4, AA6, AnycastLab
 from tests.conftest import require
 from tests.e2e import tunnel_util as tu
 

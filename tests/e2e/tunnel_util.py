@@ -13,8 +13,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from aarp.lab import AnycastLab, Node
-from aarp.lab.netns import LabError, stop_process
+from lab import AnycastLab, Node
+from lab.netns import LabError, stop_process
 from tests.conftest import require, require_program
 
 RELAY = [sys.executable, "-m", "relay.cli"]

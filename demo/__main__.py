@@ -1,41 +1,24 @@
 """`make demo`: the product's main jobs on a local anycast lab, told as a short story.
 
-Each chapter is a function taking the lab and a Story; a failed step raises DemoFailed, which
-ends the demo with a non-zero exit status. Features add chapters to CHAPTERS.
+Each chapter is a function taking the lab and a Story (demo/story.py); a failed step raises
+DemoFailed, which ends the demo with a non-zero exit status. The chapters live in this folder,
+one file per part of the product; `chapters()` lists them in order.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from aarp.lab import AA6, AK6, AnycastLab
-
-
-class DemoFailed(Exception):
-    pass
-
-
-class Story:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.t0 = time.monotonic()
-
-    def chapter(self, title: str) -> None:
-        print(f"\n== {title}", flush=True)
-
-    def say(self, text: str) -> None:
-        print(f"   [{time.monotonic() - self.t0:5.1f}s] {text}", flush=True)
-
-    def check(self, ok: bool, good: str, bad: str) -> None:
-        if not ok:
-            self.say(f"FAILED: {bad}")
-            raise DemoFailed(bad)
-        self.say(f"ok: {good}")
+from demo.cluster import chapter_cluster
+from demo.relay_mode import chapter_relay
+from demo.resolve import chapter_resolve
+from demo.shim import chapter_shim
+from demo.story import DemoFailed, Story
+from demo.tunnel import chapter_server, chapter_tunnel
+from lab import AA6, AK6, AnycastLab
 
 
 def chapter_lab(lab: AnycastLab, story: Story) -> None:
@@ -54,19 +37,10 @@ def chapter_lab(lab: AnycastLab, story: Story) -> None:
                     f"echo to {AK6} answered by {src}, expected {lab.server(target).ip6}")
 
 
-# Later chapters live beside their features: "module:function", run in this order.
-CHAPTER_REFS: list[str] = ["aarp.demo_resolve:chapter_resolve", "aarp.demo_shim:chapter_shim",
-                           "relay.rtpproxy.demo:chapter_relay",
-                           "relay.demo_tunnel:chapter_tunnel", "relay.demo_tunnel:chapter_server",
-                           "relay.cluster.demo:chapter_cluster"]
-
-
 def chapters() -> list[Callable[[AnycastLab, Story], None]]:
-    found: list[Callable[[AnycastLab, Story], None]] = [chapter_lab]
-    for ref in CHAPTER_REFS:
-        module, func = ref.split(":")
-        found.append(getattr(importlib.import_module(module), func))
-    return found
+    """The chapters in the order they run."""
+    return [chapter_lab, chapter_resolve, chapter_shim, chapter_relay, chapter_tunnel,
+            chapter_server, chapter_cluster]
 
 
 def main() -> int:

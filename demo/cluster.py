@@ -6,9 +6,10 @@ import subprocess
 import sys
 import time
 
-from aarp.lab import AA4, AnycastLab
-from aarp.lab.netns import stop_process
-from aarp.lab.services import make_blob, wait_port
+from demo.story import Story
+from lab import AA4, AnycastLab
+from lab.netns import stop_process
+from lab.services import make_blob, wait_port
 
 REDIS_PORT = 6391
 
@@ -22,7 +23,7 @@ def _wait(cond, timeout: float) -> bool:
     return False
 
 
-def chapter_cluster(lab: AnycastLab, story) -> None:
+def chapter_cluster(lab: AnycastLab, story: Story) -> None:
     story.chapter("Cluster: two anytun-relay nodes share state through Redis; a tunnel and a "
                   "download survive the route move")
     procs: list[subprocess.Popen] = []

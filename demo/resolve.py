@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import sys
 
-from aarp.lab import AA4, AA6, AK6, AnycastLab, stop_process
-from aarp.lab.services import wait_port
+from demo.story import Story
+from lab import AA4, AA6, AK6, AnycastLab, stop_process
+from lab.services import wait_port
 
 KEY = "d3" * 32  # a demo key; real deployments generate one (see docs/aarp.md)
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "AARP_CONF": "/dev/null"}
@@ -19,7 +20,7 @@ def _resolve(lab: AnycastLab, *args: str, user: str | None = None) -> list[list[
     return [line.split() for line in proc.stdout.splitlines()]
 
 
-def chapter_resolve(lab: AnycastLab, story) -> None:  # story: aarp.demo.Story
+def chapter_resolve(lab: AnycastLab, story: Story) -> None:
     story.chapter("AARP: which server is behind the anycast address?")
     procs = []
     for s in lab.servers:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from aarp.lab.netns import Host, LabError, Namespaces, stop_process, sweep_stale
+from lab.netns import Host, LabError, Namespaces, stop_process, sweep_stale
 
 AA6 = "fd00:aa::1"
 AA4 = "10.255.0.1"

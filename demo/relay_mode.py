@@ -7,17 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aarp.lab import AA4, AnycastLab
-from aarp.lab.services import wait_port
-from relay.rtpproxy import labkit
-from relay.rtpproxy.labkit import SipRoute
+from demo.story import Story
+from lab import AA4, AnycastLab
+from lab import sip as labkit
+from lab.services import wait_port
+from lab.sip import SipRoute
 
 PACKETS = 100          # the first 100 packets of sip-tester's g711a.pcap: a 3-second call
 CTL = "udp:127.0.0.1:22222"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def chapter_relay(lab: AnycastLab, story) -> None:
+def chapter_relay(lab: AnycastLab, story: Story) -> None:
     story.chapter("Relay mode: Kamailio sets up a SIPp call, anytun-relay relays its media on "
                   "the anycast address")
     node = lab.server(lab.current or 1)

@@ -6,7 +6,7 @@ user (`SipRoute`), with `rtpproxy_manage()` on INVITE/ACK/BYE/CANCEL and on repl
 The route's flags (e.g. "r": trust the SDP address, so 0.0.0.0 hold reaches the relay; "x":
 bridge IPv4 and IPv6) travel to the reply route as a transaction flag.
 
-`python -m relay.rtpproxy.labkit send SPEC` sends commands to a control socket from inside a
+`python lab/sip.py send SPEC` sends commands to a control socket from inside a
 namespace: a JSON list of strings on stdin (each one command, latin-1 so any byte can be
 sent), a JSON list of replies (or null for no reply) on stdout.
 """
@@ -287,7 +287,7 @@ def control(node, spec: str, commands: list[bytes | str], timeout: float = 2.0,
     """send_commands() run inside a lab node's namespace."""
     payload = json.dumps([c.decode("latin-1") if isinstance(c, bytes) else c
                           for c in commands])
-    out = node.run([sys.executable, "-m", "relay.rtpproxy.labkit", "send", spec,
+    out = node.run([sys.executable, str(Path(__file__).resolve()), "send", spec,
                     str(timeout)], input=payload, timeout=30 + timeout * len(commands)).stdout
     return [None if r is None else r.encode("latin-1") for r in json.loads(out)]
 
@@ -345,8 +345,8 @@ def _main(argv: list[str]) -> int:
                                float(listen)), sys.stdout)
         return 0
     if len(argv) < 2 or argv[0] != "send":
-        print("usage: python -m relay.rtpproxy.labkit send SPEC [TIMEOUT] < commands.json\n"
-              "       python -m relay.rtpproxy.labkit rtp IP PORT DEST_IP DEST_PORT COUNT "
+        print("usage: python lab/sip.py send SPEC [TIMEOUT] < commands.json\n"
+              "       python lab/sip.py rtp IP PORT DEST_IP DEST_PORT COUNT "
               "SECONDS", file=sys.stderr)
         return 2
     timeout = float(argv[2]) if len(argv) > 2 else 2.0

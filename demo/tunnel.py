@@ -8,8 +8,9 @@ import subprocess
 import sys
 import time
 
-from aarp.lab import AA4, AnycastLab, Node
-from aarp.lab.netns import stop_process
+from demo.story import Story
+from lab import AA4, AnycastLab, Node
+from lab.netns import stop_process
 
 RELAY = [sys.executable, "-m", "relay.cli"]
 
@@ -47,7 +48,7 @@ SINK = ("import socket,hashlib;s=socket.create_server(('10.9.0.1',5001));print('
         "while (b:=c.recv(65536)):\n h.update(b);n+=len(b)\nprint(n,h.hexdigest())")
 
 
-def chapter_tunnel(lab: AnycastLab, story) -> None:
+def chapter_tunnel(lab: AnycastLab, story: Story) -> None:
     story.chapter("anytun-relay and uanytun: one SATP tunnel to the anycast address")
     server, client = lab.server(1), lab.client
     lab.move(1)
@@ -115,7 +116,7 @@ routes = ["10.8.2.0/24"]
 """
 
 
-def chapter_server(lab: AnycastLab, story) -> None:
+def chapter_server(lab: AnycastLab, story: Story) -> None:
     story.chapter("anytun-relay as an anycast tunnel server: two uanytun clients talk "
                   "through it")
     server = lab.server(1)

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from aarp.lab.netns import LabError
-from aarp.lab.topology import Node
+from lab.netns import LabError
+from lab.topology import Node
 
 
 def make_blob(path: Path, size: int) -> Path:

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from aarp import shim
-from aarp.lab import AA6, AnycastLab, stop_process
-from aarp.lab.services import make_blob, wait_port
+from demo.story import Story
+from lab import AA6, AnycastLab, stop_process
+from lab.services import make_blob, wait_port
 
 HTTP_PORT = 8446
 SIZE = 1_500_000
@@ -36,7 +37,7 @@ def _responders(lab: AnycastLab) -> list[subprocess.Popen]:
     return started
 
 
-def chapter_shim(lab: AnycastLab, story) -> None:  # story: aarp.demo.Story
+def chapter_shim(lab: AnycastLab, story: Story) -> None:
     story.chapter("libaarp.so: a download that survives an anycast route move")
     lab.move(1)
     www = story.workdir / "shim-www"

@@ -1,0 +1,1 @@
+"""`make demo`: the anycast lab demo (not part of the installed package)."""
