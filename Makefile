@@ -33,7 +33,7 @@ define apt_install
 	if [ -n "$$missing" ]; then \
 	  echo "== installing system packages:$$missing"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -q && apt-get install -y -q $$missing \
+	  apt-get -o DPkg::Lock::Timeout=900 update -q && apt-get -o DPkg::Lock::Timeout=900 install -y -q $$missing \
 	    || { echo "apt-get install failed (are you root?)"; exit 1; }; \
 	fi
 endef
