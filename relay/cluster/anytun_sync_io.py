@@ -1,6 +1,6 @@
 """anytun's sync protocol on the network: the `-S`/`-I` listener and the `-M` connector.
 
-Thin asyncio adapters around relay.cluster.anytun_sync. Like real anytun, the listener only
+Thin asyncio adapters around relay.satp.archive. Like real anytun, the listener only
 writes (the whole state on connect, then every change) and the connector only reads, retrying a
 lost peer every 10 seconds; nothing is relayed onward, so such a cluster is a full mesh.
 The protocol has no authentication and carries master keys in clear: both sides say so in the
@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from relay.cluster.anytun_sync import Decoder, Message, SyncProtocolError, encode
+from relay.satp.archive import Decoder, Message, SyncProtocolError, encode
 
 log = logging.getLogger("anytun-relay.sync")
 DEFAULT_PORT = 2323

@@ -8,11 +8,12 @@ import subprocess
 import pytest
 
 from relay.satp import Role, Suite, from_passphrase
-from relay.server import config as nc
-from relay.server.controld import Dump, parse_host
-from relay.server.routes import Prefix
-from relay.server.service import apply_connections
-from relay.server.table import ConnectionTable, Remote
+from relay.transport.remote import Remote
+from relay.tunnel import nodefile as nc
+from relay.tunnel.controld import Dump, parse_host
+from relay.tunnel.routes import Prefix
+from relay.tunnel.server import apply_connections
+from relay.tunnel.table import ConnectionTable
 
 GOOD = """
 [node]
@@ -57,7 +58,7 @@ remote = "[fd00:1:2::2]:5000"
 def test_a_full_config() -> None:
     cfg = nc.parse(GOOD)
     assert cfg.node.sender_id == 2 and cfg.node.transports == ("udp", "tcp")
-    assert cfg.node.ifconfig == ("10.8.0.1/16", "fd00:8::1/32")
+    assert [str(i.address) for i in cfg.node.ifconfig] == ["10.8.0.1/16", "fd00:8::1/32"]
     assert cfg.open_tunnel == nc.OpenTunnel("10.255.0.1", None, None)
     assert cfg.aarp is not None and cfg.aarp.anycast == ("10.255.0.1",)
     a, b = cfg.connections
@@ -135,7 +136,7 @@ CONFIG_OUTPUT = (
 
 
 def _dump(data: bytes) -> Dump:
-    from relay.cluster.anytun_sync import Decoder
+    from relay.satp.archive import Decoder
     d = Dump()
     for msg in Decoder().feed(data):
         d.add(msg)

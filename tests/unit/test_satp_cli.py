@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from relay import cli, tunnel_cli
+from relay import cli
 from relay.satp import Role
+from relay.tunnel import cli as tunnel_cli
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +89,7 @@ def test_anytun_man_page_examples_parse() -> None:
                  ["-i", "127.0.0.1", "-d", "anytun0", "-t", "tun", "-n", "192.0.2.1/30", "-a",
                   "null", "-c", "null", "-w", "0", "-e", "server"]):
         args = cli.build_parser().parse_args([*argv, "-D"])
-        assert tunnel_cli.services_from_args(args)[0].name == "tunnel"
+        assert cli.services_from_args(args)[0].name == "tunnel"
 
 
 def test_version(capsys: pytest.CaptureFixture) -> None:
@@ -107,7 +108,7 @@ def test_anytun_command_line_maps_to_one_connection() -> None:
         ["-r", "hostb.example.com", "-t", "tun", "-n", "192.168.123.1/30", "-c", "aes-ctr-256",
          "-k", "aes-ctr-256", "-E", "have_a_very_safe_and_productive_day", "-e", "left", "-D",
          "-m", "7", "-s", "3", "-w", "64", "-R", "10.0.0.0/8"])
-    services = tunnel_cli.services_from_args(args)
+    services = cli.services_from_args(args)
     ep = services[0]
     conn = ep.table.get(7)
     assert conn.spec.role is Role.LEFT and conn.spec.window == 64
@@ -120,14 +121,14 @@ def test_anytun_command_line_maps_to_one_connection() -> None:
 
 def test_defaults_are_anytuns_except_the_window() -> None:
     args = cli.build_parser().parse_args(["-E", "secret", "-D"])
-    conn = tunnel_cli.services_from_args(args)[0].table.get(0)
+    conn = cli.services_from_args(args)[0].table.get(0)
     assert conn.spec.window == tunnel_cli.DEFAULT_WINDOW > 0
     assert (conn.spec.suite.cipher_key_len, conn.spec.suite.tag_len) == (16, 10)
     args = cli.build_parser().parse_args(["-E", "secret", "-D", "-d", "tap3"])
-    assert tunnel_cli.services_from_args(args)[0].settings.device_kind == "tap"  # from the name
+    assert cli.services_from_args(args)[0].settings.device_kind == "tap"  # from the name
 
 
 def test_null_transforms_need_no_key() -> None:
     args = cli.build_parser().parse_args(["-c", "null", "-a", "null", "-k", "null", "-D"])
-    conn = tunnel_cli.services_from_args(args)[0].table.get(0)
+    conn = cli.services_from_args(args)[0].table.get(0)
     assert conn.spec.master is None and conn.spec.suite.overhead == 10

@@ -1,4 +1,4 @@
-"""Process-level behaviour of anytun: daemonizing (unless -D), -P pid file, -u/-g/-C.
+"""Process-level behaviour of anytun: daemonizing (unless -D), -P pid file, -u/-g/-C, -L/-U.
 
 The parent of a daemon waits until the child reports that every service started (or exits
 with the child's status), so `anytun-relay ...; echo $?` tells the truth.
@@ -12,6 +12,11 @@ import logging
 import os
 import pwd
 import sys
+from dataclasses import dataclass
+
+from relay.runtime import daemon, logtargets
+from relay.runtime.errors import ConfigError
+from relay.runtime.logtargets import NOTICE, LogTarget
 
 log = logging.getLogger("anytun-relay")
 
@@ -69,12 +74,12 @@ def drop_privileges(user: str | None, group: str | None, chroot: str | None) -> 
     if chroot:
         os.chroot(chroot)
         os.chdir("/")
-        log.log(25, "chrooted to %s", chroot)
+        log.log(NOTICE, "chrooted to %s", chroot)
     if uid is not None and gid is not None:
         os.setgroups([gid])
         os.setgid(gid)
         os.setuid(uid)
-        log.log(25, "dropped privileges to %s:%s", user, group or gid)
+        log.log(NOTICE, "dropped privileges to %s:%s", user, group or gid)
 
 
 def check_identity(user: str | None, group: str | None) -> str | None:
@@ -90,3 +95,45 @@ def check_identity(user: str | None, group: str | None) -> str | None:
         except KeyError:
             return f"-g {group}: no such group"
     return None
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """anytun's process options, parsed once (relay.cli)."""
+
+    foreground: bool = False          # -D (or -U)
+    debug: bool = False               # -U: foreground, everything to stdout
+    user: str | None = None           # -u
+    group: str | None = None          # -g (with -u)
+    chroot: str | None = None         # -C
+    pidfile: str | None = None        # -P
+    log: tuple[LogTarget, ...] = ()   # -L, in order
+
+
+def prepare(settings: ProcessSettings, *, daemonize: bool) -> None:
+    """Before the loop starts (after the services were built): log targets, the daemon's
+    fork, the pid file, and the privilege drop once every service has started."""
+    targets = list(settings.log)
+    foreground = settings.foreground or settings.debug
+    if settings.debug:
+        targets.append(LogTarget("stdout", 5))
+    if not targets:
+        targets.append(LogTarget("syslog", 3, ("anytun-relay", "daemon")))
+        if foreground:
+            targets.append(LogTarget("stderr", 3))
+    logtargets.configure(targets)
+    err = check_identity(settings.user, settings.group)
+    if err:
+        raise ConfigError(err)
+    if not foreground and daemonize:
+        d = Daemonizer()
+        d.detach()
+        daemon.READY_HOOKS.append(d.ready)
+    if settings.pidfile:
+        try:
+            write_pidfile(settings.pidfile)
+        except OSError as exc:
+            raise ConfigError(f"-P {settings.pidfile}: {exc.strerror}") from None
+    if settings.user or settings.chroot:
+        daemon.READY_HOOKS.append(lambda: drop_privileges(
+            settings.user, settings.group, settings.chroot))
