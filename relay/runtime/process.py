@@ -72,13 +72,19 @@ def drop_privileges(user: str | None, group: str | None, chroot: str | None) -> 
         if group:
             gid = grp.getgrnam(group).gr_gid
     if chroot:
-        os.chroot(chroot)
-        os.chdir("/")
+        try:
+            os.chroot(chroot)
+            os.chdir("/")
+        except OSError as exc:
+            raise ConfigError(f"-C {chroot}: {exc.strerror or exc}") from None
         log.log(NOTICE, "chrooted to %s", chroot)
     if uid is not None and gid is not None:
-        os.setgroups([gid])
-        os.setgid(gid)
-        os.setuid(uid)
+        try:
+            os.setgroups([gid])
+            os.setgid(gid)
+            os.setuid(uid)
+        except OSError as exc:
+            raise ConfigError(f"-u {user}: {exc.strerror or exc}") from None
         log.log(NOTICE, "dropped privileges to %s:%s", user, group or gid)
 
 
@@ -125,15 +131,20 @@ def prepare(settings: ProcessSettings, *, daemonize: bool) -> None:
     err = check_identity(settings.user, settings.group)
     if err:
         raise ConfigError(err)
-    if not foreground and daemonize:
-        d = Daemonizer()
+    if settings.chroot and not os.path.isdir(settings.chroot):
+        raise ConfigError(f"-C {settings.chroot}: no such directory")
+    d = Daemonizer() if not foreground and daemonize else None
+    if d is not None:
         d.detach()
-        daemon.READY_HOOKS.append(d.ready)
     if settings.pidfile:
         try:
             write_pidfile(settings.pidfile)
         except OSError as exc:
             raise ConfigError(f"-P {settings.pidfile}: {exc.strerror}") from None
+    # privileges go before the parent is released: its exit status then tells whether the
+    # daemon really runs as it was asked to
     if settings.user or settings.chroot:
         daemon.READY_HOOKS.append(lambda: drop_privileges(
             settings.user, settings.group, settings.chroot))
+    if d is not None:
+        daemon.READY_HOOKS.append(d.ready)

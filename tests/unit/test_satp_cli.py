@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -59,6 +62,12 @@ BAD = [
     (["-D", "--config", "/nonexistent/x.toml", "-p", "5"], "put the node's settings"),
     (["-D", "-E", "x", "--open-tunnel", "anycast"], "not an IP address"),
     (["-D", "-E", "x", "-t", "tap", "--open-tunnel", "10.0.0.1"], "needs a tun"),
+    (["-E", "x", "-C", "/nonexistent"], "-C /nonexistent: no such directory"),
+    (["-D", "--config", "/dev/zero"], "not a regular file"),
+    (["-D", "-E", "x", "-M", "garbage:port:x"], "bad sync host"),
+    (["-D", "-E", "x", "-M", "10.0.0.1:port"], "bad port"),
+    (["-D", "-E", "x", "-S", "2000", "-I", "zz"], "-I 'zz': not an IP address"),
+    (["-D", "-E", "x", "-I", "127.0.0.1"], "-I (sync interface) needs -S"),
 ]
 
 
@@ -132,3 +141,21 @@ def test_null_transforms_need_no_key() -> None:
     args = cli.build_parser().parse_args(["-c", "null", "-a", "null", "-k", "null", "-D"])
     conn = cli.services_from_args(args)[0].table.get(0)
     assert conn.spec.master is None and conn.spec.suite.overhead == 10
+
+
+def test_a_taken_sync_port_is_one_line() -> None:
+    """-S on a port another program listens on: exit 2 with the reason, no traceback."""
+    with socket.socket() as taken, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ctl:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ctl.bind(("127.0.0.1", 0))
+        port, ctl_port = taken.getsockname()[1], ctl.getsockname()[1]
+        ctl.close()
+        proc = subprocess.run(
+            [sys.executable, "-m", "relay", "-D", "--rtpproxy", f"udp:127.0.0.1:{ctl_port}",
+             "--rtp-address", "127.0.0.1", "--rtp-ports", "41000-41099", "-S", str(port),
+             "-I", "127.0.0.1"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("anytun-relay:")]
+    assert err and f"-S {port}: cannot listen" in err[0]
+    assert "Traceback" not in proc.stderr
