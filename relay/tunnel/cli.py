@@ -294,7 +294,10 @@ def _from_file(args: argparse.Namespace) -> ServerSettings:
     if given:
         raise ConfigError(f"with --config, put the node's settings in the file "
                           f"(given on the command line: --{given[0].replace('_', '-')})")
-    return dataclasses.replace(nodefile.load(args.config), dataplane=args.dataplane)
+    settings = nodefile.load(args.config)
+    if args.dataplane != "auto":   # given on the command line: it wins over [node].dataplane
+        settings = dataclasses.replace(settings, dataplane=args.dataplane)
+    return settings
 
 
 def _controld(args: argparse.Namespace) -> ServerSettings:
