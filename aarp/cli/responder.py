@@ -1,4 +1,9 @@
-"""aarp-responder: answer AARP probes for this server's anycast addresses."""
+"""aarp-responder: answer AARP probes for this server's anycast addresses.
+
+As a daemon: foreground (systemd Type=notify: READY=1, STOPPING=1, watchdog pings), logs in
+the distribution's format (journald's under systemd), CAP_NET_RAW given up once the raw
+sockets are open, and with --http-listen GET /metrics and /status.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,17 @@ import json
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
+from aarp import __version__
 from aarp import config as aconfig
 from aarp.responder import DEFAULT_BURST, DEFAULT_RATE, DEFAULT_TTL
 from aarp.responder_service import ResponderError, ResponderService
+from opskit import caps, logfmt, sdnotify
+from opskit import cli as opscli
+
+if TYPE_CHECKING:
+    from opskit.http import OpsHttpServer
 
 LOG_LEVELS = {"off": logging.CRITICAL + 10, "error": logging.ERROR, "info": logging.INFO,
               "debug": logging.DEBUG}
@@ -57,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: config 'log', else error)")
     p.add_argument("-v", "--verbose", action="store_true", help="same as --log info")
     p.add_argument("--status", action="store_true", help="print the status as JSON on exit")
+    p.add_argument("--http-listen", metavar="HOST:PORT", help="serve GET /metrics (Prometheus) "
+                   "and /status (JSON) on this address, e.g. 127.0.0.1:9181")
+    opscli.add_version(p, __version__)
     return p
 
 
@@ -106,21 +121,67 @@ def service_from_args(args: argparse.Namespace, cfg: aconfig.Config) -> Responde
         icmp=not args.no_icmp, udp=not args.no_udp, rate=args.rate, burst=args.burst)
 
 
-async def _serve(service: ResponderService) -> None:
+def _http(service: ResponderService, listen: str) -> OpsHttpServer:
+    """GET /metrics and /status; imported only when asked for (idle memory)."""
+    from aarp.metrics import responder_metrics
+    from opskit import exposition, http
+
+    host, port = http.parse_listen(listen)
+    server = http.OpsHttpServer(host, port)
+
+    async def metrics() -> http.Reply:
+        m = exposition.Metrics("")
+        responder_metrics(m, service.status())
+        return http.Reply(200, m.render(), exposition.CONTENT_TYPE)
+
+    async def status() -> http.Reply:
+        return http.Reply.json(200, service.status())
+
+    server.route("/metrics", metrics)
+    server.route("/status", status)
+    return server
+
+
+def _give_up_privileges() -> None:
+    """The raw sockets are open: nothing the responder does later needs a capability."""
+    if caps.read()["permitted"]:
+        caps.restrict(())
+        logging.getLogger("aarp.responder").info("sockets open; capabilities given up")
+
+
+async def _serve(service: ResponderService, listen: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    web = _http(service, listen) if listen else None
     await service.start()
+    watchdog = sdnotify.Watchdog()
     try:
+        if web is not None:
+            try:
+                await web.start()
+            except ValueError as exc:
+                raise ResponderError(str(exc)) from None
+        _give_up_privileges()
+        sdnotify.ready(f"answering for {', '.join(service.status()['anycast'])}")
+        watchdog.start()
         await stopping.wait()
+        sdnotify.stopping()
     finally:
+        await watchdog.stop()
+        if web is not None:
+            await web.stop()
         await service.stop()
         logging.getLogger("aarp.responder").info("stopped: %s",
                                                  json.dumps(service.status()["counters"]))
 
 
 def main(argv: list[str] | None = None) -> int:
+    return opscli.run(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = aconfig.load(args.config)
@@ -128,9 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aarp-responder: {exc}", file=sys.stderr)
         return 2
     level = "info" if args.verbose else (args.log or cfg.log or "error")
-    logging.basicConfig(level=LOG_LEVELS[level], format="aarp-responder: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    logfmt.to_stderr(LOG_LEVELS[level])
     try:
         service = service_from_args(args, cfg)
     except UsageError as exc:
@@ -139,8 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     except ResponderError as exc:
         print(f"aarp-responder: {exc}", file=sys.stderr)
         return 1
+    if args.http_listen:
+        from opskit.http import ListenError, parse_listen
+        try:
+            parse_listen(args.http_listen)
+        except ListenError as exc:
+            print(f"aarp-responder: --http-listen {exc}", file=sys.stderr)
+            return 2
     try:
-        asyncio.run(_serve(service))
+        asyncio.run(_serve(service, args.http_listen))
     except ResponderError as exc:
         print(f"aarp-responder: {exc}", file=sys.stderr)
         return 1

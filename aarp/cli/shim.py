@@ -6,7 +6,15 @@ import argparse
 import os
 import sys
 
-from aarp import shim
+from aarp import __version__, shim
+from opskit import cli as opscli
+
+
+def _library_version() -> str:
+    try:
+        return f"libaarp {shim.version()}"
+    except shim.ShimNotBuilt:
+        return "libaarp not built"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,12 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Configuration: /etc/aarp.conf (AARP_CONF) and AARP_* environment variables.",
     )
     p.add_argument("--path", action="store_true", help="print the absolute path of libaarp.so")
-    p.add_argument("--version", action="store_true", help="print the library's version")
+    opscli.add_version(p, __version__, detail=_library_version)
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...] to run")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    return opscli.run(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     command = list(args.command)
     if command and command[0] == "--":
@@ -33,9 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.path:
             print(shim.library_path())
-            return 0
-        if args.version:
-            print(shim.version())
             return 0
         if not command:
             print("aarp-shim: nothing to run; usage: aarp-shim -- CMD [ARGS...]", file=sys.stderr)

@@ -66,12 +66,17 @@ def _handler(t: LogTarget) -> logging.Handler:
 
 
 def default_targets(foreground: bool) -> list[LogTarget]:
-    """Without -L: the journal under systemd; else syslog (and stderr in the foreground)."""
+    """Without -L: the journal under systemd; else syslog (and stderr in the foreground).
+    Without a syslog socket a daemon says on stderr, before it detaches, that it logs
+    nowhere (anytun's command lines must keep working; a chosen -L syslog is an error)."""
     if logfmt.on_journal(sys.stderr):
         return [LogTarget("stderr", 3)]
     targets = [LogTarget("stderr", 3)] if foreground else []
-    if os.path.exists(logfmt.DEVLOG) or not foreground:
+    if os.path.exists(logfmt.DEVLOG):
         targets.append(LogTarget("syslog", 3, (ROOT, "daemon")))
+    elif not foreground:
+        print(f"anytun-relay: no syslog socket {logfmt.DEVLOG}: this daemon logs nowhere; "
+              "give -L file:3,/var/log/anytun-relay.log (or -D for stderr)", file=sys.stderr)
     return targets
 
 

@@ -188,17 +188,7 @@ def prepare(settings: ProcessSettings, *, capabilities: Mapping[str, str] | None
     targets = list(settings.log)
     if settings.debug:
         targets.append(LogTarget("stdout", 5))
-    chosen = bool(targets)
-    if not targets:
-        targets = logtargets.default_targets(foreground)
-    try:
-        logtargets.configure(targets)
-    except logtargets.LogSpecError as exc:
-        if chosen:
-            raise
-        raise ConfigError(f"no -L given and the default log target fails ({exc}); give "
-                          "-L file:3,/var/log/anytun-relay.log or run in the foreground "
-                          "(-D)") from None
+    logtargets.configure(targets or logtargets.default_targets(foreground))
     identity = check(settings)
     prepare_directories([*files, *([settings.pidfile] if settings.pidfile else [])], identity)
     d = Daemonizer() if not foreground else None
