@@ -96,8 +96,9 @@ def parse(argv: list[str]) -> node.Settings:
     """The settings of the command line and its --config file (ConfigError on a mistake)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.config:
+    if not args.config or args.control_host:   # (-X with --config: refused as usual)
         return settings_from_args(args)
+    tunnel_cli.refuse_node_options(args)
     loaded = configfile.load(parser, args, args.config)
     try:
         return settings_from_args(loaded.args)

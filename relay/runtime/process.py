@@ -188,8 +188,8 @@ def prepare(settings: ProcessSettings, *, capabilities: Mapping[str, str] | None
     targets = list(settings.log)
     if settings.debug:
         targets.append(LogTarget("stdout", 5))
-    logtargets.configure(targets or logtargets.default_targets(foreground))
     identity = check(settings)
+    logtargets.configure(targets or logtargets.default_targets(foreground))
     prepare_directories([*files, *([settings.pidfile] if settings.pidfile else [])], identity)
     d = Daemonizer() if not foreground else None
     if d is not None:

@@ -289,11 +289,17 @@ def settings_from_args(args: argparse.Namespace) -> TunnelSettings | None:
     return _peer(args)
 
 
-def _from_file(args: argparse.Namespace) -> ServerSettings:
+def refuse_node_options(args: argparse.Namespace) -> None:
+    """With --config the file describes the node and its connections: refuse them on the
+    command line."""
     given = [d for d in _FILE_ONLY if _given(args, d)]
     if given:
         raise ConfigError(f"with --config, put the node's settings in the file "
                           f"(given on the command line: --{given[0].replace('_', '-')})")
+
+
+def _from_file(args: argparse.Namespace) -> ServerSettings:
+    refuse_node_options(args)
     settings = nodefile.load(args.config)
     if args.dataplane != "auto":   # given on the command line: it wins over [node].dataplane
         settings = dataclasses.replace(settings, dataplane=args.dataplane)
