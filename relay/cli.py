@@ -110,8 +110,7 @@ def services_from_args(args: argparse.Namespace) -> list[Service]:
     return node.build(settings_from_args(args))
 
 
-def check_config(argv: list[str]) -> int:
-    """anytun-relay check-config FILE: parse and check a configuration, open nothing."""
+def check_config_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="anytun-relay check-config",
         description="Check an anytun-relay configuration file as the daemon would read it "
@@ -121,7 +120,12 @@ def check_config(argv: list[str]) -> int:
         "line, on stderr).")
     p.add_argument("file", metavar="FILE")
     opscli.add_version(p, __version__)
-    args = p.parse_args(argv)
+    return p
+
+
+def check_config(argv: list[str]) -> int:
+    """anytun-relay check-config FILE: parse and check a configuration, open nothing."""
+    args = check_config_parser().parse_args(argv)
     try:
         settings = parse(["--config", args.file])
         process.check(settings.process)
