@@ -101,7 +101,9 @@ def parse(argv: list[str]) -> node.Settings:
     tunnel_cli.refuse_node_options(args)
     loaded = configfile.load(parser, args, args.config)
     try:
-        return settings_from_args(loaded.args)
+        settings = settings_from_args(loaded.args)
+        process.check(settings.process)   # users, groups, chroot: named by the file's line
+        return settings
     except ConfigError as exc:
         raise ConfigError(loaded.explain(parser, str(exc))) from None
 

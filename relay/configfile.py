@@ -159,8 +159,8 @@ def load(parser: argparse.ArgumentParser, args: argparse.Namespace, path: str) -
         if table is None:
             continue
         if not isinstance(table, dict):
-            raise FileError(f"{path}:{line_of(text, section)}: {section} must be a table "
-                            f"[{section}]")
+            line = line_of(text, section) or line_of(text, None, section)
+            raise FileError(f"{path}:{line}: {section} must be a table [{section}]")
         for key, value in table.items():
             line = line_of(text, section, key)
             where = f"[{section}].{key}"
