@@ -4,6 +4,7 @@ carrying the docs and the tests."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -57,8 +58,8 @@ def test_closed_pipe_is_quiet() -> None:
     from opskit import cli as opscli
 
     def writes_forever() -> int:
-        r, w = __import__("os").pipe()
-        __import__("os").close(r)
+        r, w = os.pipe()
+        os.close(r)
         with open(w, "w") as f:
             f.write("x" * 100000)
             f.flush()
@@ -72,7 +73,8 @@ def test_sdist_carries_docs_tests_and_license(tmp_path: Path) -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (sdist,) = tmp_path.glob("*.tar.gz")
-    names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for wanted in ("LICENSE", "docs/server.md", "tests/conftest.py", "shim_c/aarp.h",
                    "packaging/systemd/anytun-relay@.service.in", "Makefile",
                    "relay/fastpath/engine.c", "tests/vectors/aarp/messages.json"):
