@@ -163,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[argv[0]](argv[1:])
     try:
         settings = parse(argv)
+        process.prepare_files(settings.process, node.files(settings))
         services = node.build(settings)
         # logging targets, daemonizing, pid file, privileges (anytun's -L -D -P -u -g -C)
-        process.prepare(settings.process, capabilities=node.capabilities(settings),
-                        files=node.files(settings))
+        process.prepare(settings.process, capabilities=node.capabilities(settings))
     except ConfigError as exc:
         print(f"anytun-relay: {exc}", file=sys.stderr)
         return 2

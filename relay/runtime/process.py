@@ -178,19 +178,24 @@ def check(settings: ProcessSettings) -> Identity | None:
     return identity
 
 
-def prepare(settings: ProcessSettings, *, capabilities: Mapping[str, str] | None = None,
-            files: Iterable[str] = ()) -> None:
+def prepare_files(settings: ProcessSettings, files: Iterable[str]) -> None:
+    """Before the services are built: the directories of the files the daemon will write
+    (seq files, sockets, the pid file) exist, and belong to -u when they are new."""
+    prepare_directories([*files, *([settings.pidfile] if settings.pidfile else [])],
+                        check(settings))
+
+
+def prepare(settings: ProcessSettings, *, capabilities: Mapping[str, str] | None = None
+            ) -> None:
     """Before the loop starts (after the services were built): log targets, the daemon's
-    fork, the pid file, and the privilege drop once every service has started. `files` are
-    the files the daemon will write (their directories are created); `capabilities` what it
-    keeps after the set-up, with the reason for each."""
+    fork, the pid file, and the privilege drop once every service has started;
+    `capabilities` is what it keeps after the set-up, with the reason for each."""
     foreground = settings.foreground or settings.debug
     targets = list(settings.log)
     if settings.debug:
         targets.append(LogTarget("stdout", 5))
     identity = check(settings)
     logtargets.configure(targets or logtargets.default_targets(foreground))
-    prepare_directories([*files, *([settings.pidfile] if settings.pidfile else [])], identity)
     d = Daemonizer() if not foreground else None
     if d is not None:
         d.detach()
