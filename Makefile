@@ -102,7 +102,7 @@ install: deps-runtime
 	"$(STAGE)/bin/pip" install -q .
 	"$(STAGE)/bin/python" packaging/docgen.py man build/man
 	"$(STAGE)/bin/python" packaging/docgen.py completion build/completion
-	install -D -m 0644 "$$("$(STAGE)/bin/python" -c 'from aarp import shim; print(shim.library_path())')" \
+	install -D -m 0644 "$$("$(STAGE)/bin/python" -I -c 'from aarp import shim; print(shim.library_path())')" \
 	  "$(DESTDIR)$(LIBDIR)/libaarp.so"
 	if [ -n "$(DESTDIR)" ]; then \
 	  grep -rlI -- "$(DESTDIR)" "$(STAGE)/bin" "$(STAGE)/pyvenv.cfg" | xargs -r sed -i "s|$(DESTDIR)||g"; \

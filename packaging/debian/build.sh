@@ -28,7 +28,7 @@ case $(readlink -f "$venv/bin/python3") in
   *) echo "the venv must run on Debian's /usr/bin/python3, not $(readlink -f "$venv/bin/python3")" >&2
      exit 1;;
 esac
-"$venv/bin/python" -c 'import relay.fastpath as f; assert f.available(), "no C fast path"' || {
+"$venv/bin/python" -I -c 'import relay.fastpath as f; assert f.available(), "no C fast path"' || {
   echo "the C data plane was not built (python3-dev, libssl-dev missing?)" >&2; exit 1; }
 
 doc=$root/usr/share/doc/$name
