@@ -1,4 +1,4 @@
-"""anytun-relay's tunnel options: anytun's command line, plus the transports of the seeds, read
+"""anytun-relay's tunnel options: anytun's command line, plus anytun-relay's own transports, read
 into TunnelSettings (relay.tunnel.settings). This is the only tunnel module that sees argparse.
 
 An anytun or uanytun command line works with anytun-relay in its place (same options, same
