@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             if hasattr(mod, "extend_services"):
                 services = mod.extend_services(args, services)
         if not services:
-            raise ConfigError("nothing to do: configure a tunnel or relay mode (--rtpproxy)")
+            raise ConfigError("nothing to do: configure a tunnel or relay mode (--rtpproxy, --listen-ng)")
         for mod in _modes():  # logging targets, daemonizing, pid file (e.g. anytun's -L -D -P)
             if hasattr(mod, "prepare_process"):
                 mod.prepare_process(args, services)

@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from relay.rtpproxy import bencode, sdp
 from relay.rtpproxy import protocol as p
@@ -53,13 +53,6 @@ KNOWN_UNSUPPORTED = ("play media", "stop media", "play dtmf", "block dtmf", "unb
 
 class NgError(Exception):
     """A command answered with result "error"; the text is the error-reason."""
-
-
-class Recorder(Protocol):
-    """Where record-call sends a call (relay.rtpproxy.recording.Recordings)."""
-
-    def start(self, call_id: str) -> str: ...
-    def stop(self, call_id: str) -> None: ...
 
 
 def norm(key: bytes | str) -> str:
@@ -137,11 +130,11 @@ def parse_request(message: bencode.Value) -> Request:
 class NgController:
     """Runs ng commands on a Controller (its table, ports and relay addresses)."""
 
-    def __init__(self, controller: Controller, *, recorder: Recorder | None = None,
+    def __init__(self, controller: Controller, *, recording: bool = False,
                  wall: Callable[[], float] = time.time) -> None:
         self.controller = controller
         self.table = controller.table
-        self.recorder = recorder
+        self.recording = recording     # a recording directory is configured
         self.wall = wall
         self.counts: dict[str, int] = {}
         self.errors = 0
@@ -359,8 +352,6 @@ class NgController:
         if not self.table.of_call(call_id):
             self._deleted[call_id] = now
             self._labels = {k: v for k, v in self._labels.items() if k[0] != call_id}
-            if self.recorder is not None:
-                self.recorder.stop(call_id)
         self._forget_deleted(now)
         return reply
 
@@ -445,13 +436,10 @@ class NgController:
         return {"result": "ok"}
 
     def _set_recording(self, call_id: str, on: bool) -> None:
-        if on and self.recorder is None:
+        """Mark the call's sessions; the recorder (a table observer) opens or closes the file
+        and the media path starts or stops copying packets."""
+        if on and not self.recording:
             raise NgError("recording is not enabled: start the relay with --recording-dir")
-        if self.recorder is not None:
-            if on:
-                self.recorder.start(call_id)
-            else:
-                self.recorder.stop(call_id)
         for s in self.table.of_call(call_id):
             if s.recording != on:
                 s.recording = on
