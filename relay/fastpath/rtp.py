@@ -36,7 +36,7 @@ from relay import fastpath
 from relay.fastpath import ffi, lib
 from relay.rtpproxy.media import MediaEngine, _Leg
 from relay.rtpproxy.ports import PortAllocator
-from relay.rtpproxy.sessions import Session, SessionTable
+from relay.rtpproxy.sessions import Change, Session, SessionTable
 
 log = logging.getLogger("anytun-relay.rtpproxy")
 
@@ -173,6 +173,11 @@ class FastMediaEngine(MediaEngine):
         if leg.rtcp and party.latched is not None:
             hosts.append(party.latched[0])
         return (ASK_HOSTS, hosts) if hosts else (ASK_NONE, [])
+
+    def on_change(self, change: Change) -> None:
+        # copies waiting in the ring go out first: the recorder may close the call's file next
+        self._drain_records()
+        super().on_change(change)
 
     def _wire(self, s: Session) -> None:
         super()._wire(s)

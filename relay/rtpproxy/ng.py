@@ -193,6 +193,10 @@ class NgController:
         if answer and not self.table.of_call(call_id):
             raise NgError("Unknown call-id")
         self._check_protocol(req, offer)
+        record = req.text("record call").lower()
+        record_on = req.flag("record call") or record in ("yes", "on")
+        if record_on and not self.recording:
+            raise NgError("recording is not enabled: start the relay with --recording-dir")
         mods = self._modifiers(req, offer, answer)
         received = self._received_from(req)
         media_address = req.text("media address")
@@ -213,8 +217,7 @@ class NgController:
         if label:
             self._labels[(call_id, to_tag if answer else from_tag)] = label
         self._deleted.pop(call_id, None)
-        record = req.text("record call").lower()
-        if req.flag("record call") or record in ("yes", "on"):
+        if record_on:
             self._set_recording(call_id, True)
         elif record in ("no", "off"):
             self._set_recording(call_id, False)
