@@ -1,4 +1,5 @@
-"""anytun-relay options for relay mode (long options only: the short ones are anytun's)."""
+"""anytun-relay options for relay mode (long options only: the short ones are anytun's), read
+into a RelayConfig (relay.rtpproxy.server); the only relay-mode module that sees argparse."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import ipaddress
 import os
 import socket
 
-from relay.daemon import ConfigError, Service
 from relay.rtpproxy.ports import parse_port_range
-from relay.rtpproxy.server import DEFAULT_CONTROL_PORT, ControlSpec, RelayConfig, RtpproxyService
+from relay.rtpproxy.server import DEFAULT_CONTROL_PORT, ControlSpec, RelayConfig
 from relay.rtpproxy.sessions import LATCH_POLICIES
+from relay.runtime.errors import ConfigError
 
 DEFAULT_PORTS = "35000-65000"
 DEFAULT_TIMEOUT = 60.0
@@ -140,7 +141,8 @@ def parse_relay_address(text: str) -> str:
     return str(addr)
 
 
-def services_from_args(args: argparse.Namespace) -> list[Service]:
+def settings_from_args(args: argparse.Namespace) -> RelayConfig | None:
+    """Relay mode as the command line describes it, or None if it asks for none."""
     controls = getattr(args, "rtpproxy", None) or []
     ng_controls = getattr(args, "listen_ng", None) or []
     extras = [name for name, value in (
@@ -153,7 +155,7 @@ def services_from_args(args: argparse.Namespace) -> list[Service]:
         if extras:
             raise ConfigError(f"{extras[0]} belongs to relay mode: add --rtpproxy udp:ADDR:PORT "
                               "or --listen-ng ADDR:PORT")
-        return []
+        return None
     specs = [parse_control(c) for c in controls]
     ng_specs = [parse_ng(c) for c in ng_controls]
     seen: set[tuple] = set()
@@ -187,9 +189,8 @@ def services_from_args(args: argparse.Namespace) -> list[Service]:
         if not 0 <= mode <= 0o777:
             raise ConfigError(f"--rtpproxy-socket-mode {args.rtpproxy_socket_mode!r}: an octal "
                               "mode such as 0660")
-    config = RelayConfig(controls=specs, addresses=addresses, port_range=port_range,
-                         timeout=timeout, latch=args.rtp_latch or "ip", socket_mode=mode,
-                         socket_group=args.rtpproxy_socket_group, ng_controls=ng_specs,
-                         recording_dir=parse_recording_dir(args.recording_dir)
-                         if args.recording_dir else None)
-    return [RtpproxyService(config)]
+    return RelayConfig(controls=specs, addresses=addresses, port_range=port_range,
+                       timeout=timeout, latch=args.rtp_latch or "ip", socket_mode=mode,
+                       socket_group=args.rtpproxy_socket_group, ng_controls=ng_specs,
+                       recording_dir=parse_recording_dir(args.recording_dir)
+                       if args.recording_dir else None)

@@ -72,6 +72,7 @@ def test_offer_and_answer_create_one_session_per_stream() -> None:
     assert a_addr == v_addr == V4 and a_port != v_port and a_port % 2 == v_port % 2 == 0
     ans = r.answer(sdp(B, 7000, video=7002))
     (b_addr, b_port), (bv_addr, bv_port) = media(ans)
+    assert b_addr == bv_addr == V4
     assert len(r.table) == 2
     audio = r.table.find("c1", 1, ("ft",))
     video = r.table.find("c1", 2, ("ft",))
@@ -81,7 +82,7 @@ def test_offer_and_answer_create_one_session_per_stream() -> None:
                                                                       bv_port)
     assert (audio.a.address, audio.a.rport, audio.b.address, audio.b.rport) == (A, 6000, B,
                                                                                 7000)
-    assert "a=rtcp:%d" % (a_port + 1) in off["sdp"]
+    assert f"a=rtcp:{a_port + 1}" in off["sdp"]
 
 
 def test_reinvites_keep_ports_and_hold_is_signalled() -> None:

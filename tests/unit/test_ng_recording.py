@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from relay import fastpath
-from relay.fastpath.rtp import FastMediaEngine
 from relay.rtpproxy import recording
+from relay.rtpproxy.fastmedia import FastMediaEngine
 from relay.rtpproxy.media import MediaEngine
 from relay.rtpproxy.recording import Recordings
 from relay.rtpproxy.sessions import Change, Party, Session, SessionTable
