@@ -112,17 +112,19 @@ class Rig:
         """nftables counters for the four RTP legs (even ports: rtpengine also sends RTCP of
         its own to the odd ones); returns the table name for legs()."""
         name = f"nglegs{next(self._tables)}"
+        rtp = f"{PORTS[0]}-{PORTS[1]} udp {{d}} & 1 == 0"
         for node, out_name, in_name in ((self.cli, "caller_out", "relay_to_caller"),
                                         (self.uas, "callee_out", "relay_to_callee")):
+            dport, sport = rtp.format(d="dport"), rtp.format(d="sport")
             node.run(["nft", "-f", "-"], input=(
                 f"table inet {name} {{\n"
                 f" counter {out_name} {{}}\n counter {in_name} {{}}\n"
                 " chain o { type filter hook output priority 0;\n"
-                f"  ip daddr {AA4} udp dport {PORTS[0]}-{PORTS[1]} udp dport & 1 == 0 counter name {out_name}\n"
-                f"  ip6 daddr {AA6} udp dport {PORTS[0]}-{PORTS[1]} udp dport & 1 == 0 counter name {out_name}\n"
+                f"  ip daddr {AA4} udp dport {dport} counter name {out_name}\n"
+                f"  ip6 daddr {AA6} udp dport {dport} counter name {out_name}\n"
                 " }\n chain i { type filter hook input priority 0;\n"
-                f"  ip saddr {AA4} udp sport {PORTS[0]}-{PORTS[1]} udp sport & 1 == 0 counter name {in_name}\n"
-                f"  ip6 saddr {AA6} udp sport {PORTS[0]}-{PORTS[1]} udp sport & 1 == 0 counter name {in_name}\n"
+                f"  ip saddr {AA4} udp sport {sport} counter name {in_name}\n"
+                f"  ip6 saddr {AA6} udp sport {sport} counter name {in_name}\n"
                 " }\n}\n"))
         return name
 
