@@ -501,7 +501,7 @@ def handle_datagram(ngc: NgController, data: bytes, now: float) -> tuple[bytes, 
     parts = split_datagram(data)
     if parts is None:
         reason = "no cookie: expected '<cookie> <bencoded dictionary>'"
-        return bencode.encode(error(f"Invalid NG data format: {reason}")), reason
+        return format_reply(b"", error(f"Invalid NG data format: {reason}")), reason
     cookie, body = parts
     if len(data) > MAX_DATAGRAM:
         reason = f"message of {len(data)} bytes, at most {MAX_DATAGRAM}"
@@ -523,4 +523,4 @@ def handle_datagram(ngc: NgController, data: bytes, now: float) -> tuple[bytes, 
 
 
 def format_reply(cookie: bytes, reply: dict[str, Any]) -> bytes:
-    return cookie + b" " + bencode.encode(reply)
+    return cookie + b" " + bencode.encode(reply) if cookie else bencode.encode(reply)
