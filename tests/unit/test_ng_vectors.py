@@ -79,19 +79,29 @@ def node() -> ng.NgController:
     return ng.NgController(ctl, wall=lambda: 1_700_000_000.0)
 
 
-def normalise(text: str, ports: dict[int, str]) -> list[str]:
+def normalise(text: str, ports: dict[tuple[str, int], str]) -> list[str]:
+    """The SDP's lines with relay addresses as RELAY4/RELAY6 and relay ports numbered by first
+    appearance per relay address (P1, P2, ...; RTCP as P<n>+1): two relay addresses may hand
+    out the same port number."""
+    lines = [x.replace(RELAY6, "RELAY6").replace(RELAY4, "RELAY4")
+             for x in text.replace("\r\n", "\n").splitlines()]
+    session_c = next((x for x in lines if x.startswith("c=")), "")
     out = []
-    for line in text.replace("\r\n", "\n").splitlines():
-        line = line.replace(RELAY6, "RELAY6").replace(RELAY4, "RELAY4")
+    where = session_c
+    for i, line in enumerate(lines):
         m = re.match(r"m=(\S+) (\d+)(.*)", line)
-        if m and m.group(2) != "0":
-            port = int(m.group(2))
-            ports.setdefault(port, f"P{len(ports) + 1}")
-            ports.setdefault(port + 1, ports[port] + "+1")
-            line = f"m={m.group(1)} {ports[port]}{m.group(3)}"
+        if m:
+            section = lines[i + 1:]
+            end = next((k for k, x in enumerate(section) if x.startswith("m=")), len(section))
+            where = next((x for x in section[:end] if x.startswith("c=")), session_c)
+            if m.group(2) != "0":
+                port = int(m.group(2))
+                name = ports.setdefault((where, port), f"P{len(set(ports.values())) + 1}")
+                ports.setdefault((where, port + 1), name + "+1")
+                line = f"m={m.group(1)} {name}{m.group(3)}"
         m = re.match(r"a=rtcp:(\d+)(.*)", line)
         if m:
-            line = f"a=rtcp:{ports.get(int(m.group(1)), m.group(1))}{m.group(2)}"
+            line = f"a=rtcp:{ports.get((where, int(m.group(1))), m.group(1))}{m.group(2)}"
         out.append(line)
     return out
 
@@ -103,8 +113,8 @@ def _expect(case: str, step: int) -> Difference | None:
 def compare_case(case: str, steps: list[tuple[dict, dict, dict]]) -> None:
     """(request, our reply, rtpengine's reply) per step of a case: the same up to addresses,
     ports and DIFFERENCES. Also used by the e2e test against a live rtpengine."""
-    ours_ports: dict[int, str] = {}
-    theirs_ports: dict[int, str] = {}
+    ours_ports: dict[tuple[str, int], str] = {}
+    theirs_ports: dict[tuple[str, int], str] = {}
     for i, (req, ours, theirs) in enumerate(steps):
         diff = _expect(case, i)
         if req.get("command") in RESULT_ONLY:
