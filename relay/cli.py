@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["status"]:  # anytun-relay status: ask running nodes
         from relay.server.control import status_main
         return status_main(argv[1:])
+    if argv[:1] == ["exabgp"]:  # anytun-relay exabgp: the announcer ExaBGP runs
+        from relay.announce.cli import main as exabgp_main
+        return exabgp_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
