@@ -212,7 +212,8 @@ class BgpFabric:
         conf.write_text(exabgp_config(node, self.settings, script))
         if self.settings.bfd and j not in self.bfd_speakers:
             bconf = self.dir / f"{node.name}-bfd.conf"
-            bconf.write_text(bird_bfd_config(node, self.settings, self.dir / f"{node.name}-bfd.log"))
+            bconf.write_text(bird_bfd_config(node, self.settings,
+                                             self.dir / f"{node.name}-bfd.log"))
             ctl = self.dir / f"{node.name}-bfd.ctl"
             with contextlib.suppress(FileNotFoundError):
                 ctl.unlink()
