@@ -17,7 +17,7 @@ from relay.daemon import ConfigError, run_services
 
 # Each module provides add_arguments() and services_from_args(); missing ones are skipped
 # so that a partial checkout still starts.
-MODE_MODULES = ("relay.tunnel_cli", "relay.rtpproxy.cli", "relay.cluster.cli")
+MODE_MODULES = ("relay.tunnel_cli", "relay.rtpproxy.cli", "relay.cluster.cli", "relay.health")
 
 
 def _modes() -> list:
@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["status"]:  # anytun-relay status: ask running nodes
         from relay.server.control import status_main
         return status_main(argv[1:])
+    if argv[:1] == ["health"]:  # anytun-relay health: exit 0 healthy, 1 not
+        from relay.server.control import health_main
+        return health_main(argv[1:])
+    if argv[:1] == ["drain"]:  # anytun-relay drain: withdraw, wait for the traffic, stop
+        from relay.server.control import drain_main
+        return drain_main(argv[1:])
     if argv[:1] == ["exabgp"]:  # anytun-relay exabgp: the announcer ExaBGP runs
         from relay.announce.cli import main as exabgp_main
         return exabgp_main(argv[1:])

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-M", "--sync-hosts", metavar="HOST[:PORT][,...]",
                    help=f"anytun sync protocol: read from these anytun -S listeners (default "
                    f"port {DEFAULT_PORT}); keys travel in clear")
+    g.add_argument("--health-needs-sync", action="store_true",
+                   help="report this node unhealthy (so announcers withdraw its anycast "
+                   "prefixes) while the --sync backend is unreachable")
     h = parser.add_argument_group("open tunnel mode across nodes (needs --sync redis://...)")
     h.add_argument("--handover", metavar="ADDR",
                    help="this node's unicast address: translate clients' flows into this "
@@ -122,6 +125,7 @@ def build(args: argparse.Namespace, sender_id: int) -> ClusterSync:
         except ValueError as exc:
             raise ConfigError(f"--cluster-key-file: {exc}") from None
     svc = ClusterSync(Store(node), backend, cluster_key=key)
+    svc.health_needs_backend = bool(getattr(args, "health_needs_sync", False))
     if args.sync_interface and not args.sync_port:
         raise ConfigError("-I (sync interface) needs -S (sync port)")
     if args.sync_port is not None:

@@ -3,8 +3,8 @@
 Each endpoint listens on a Unix socket: by default the abstract name
 `@anytun-relay/<device>` -- abstract sockets belong to the network namespace, leave no files
 behind and cannot go stale -- or on a path given with --control-socket. A client sends one
-line (`status`, `reload`) and reads one JSON document. Only root or the daemon's own user may
-talk to it (checked with SO_PEERCRED).
+line (`status`, `reload`, `health`, `drain [SECONDS]`) and reads one JSON document. Only root
+or the daemon's own user may talk to it (checked with SO_PEERCRED).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 log = logging.getLogger("anytun-relay.control")
 ABSTRACT_PREFIX = "anytun-relay/"
 MAX_REQUEST = 256
+DRAIN_TIMEOUT = 30.0
 
 
 def abstract_name(device: str) -> str:
@@ -41,6 +42,7 @@ class ControlServer:
         self.path = path
         self.address: str | None = None
         self._server: asyncio.base_events.Server | None = None
+        self.node_health = None   # relay.health.NodeHealth, set when the node is assembled
 
     async def start(self) -> None:
         self.address = self.path or abstract_name(self.name_fn())
@@ -103,7 +105,19 @@ class ControlServer:
             except Exception as exc:
                 return {"error": f"reload failed: {exc}"}
             return {"ok": True}
-        return {"error": f"unknown command {command[:40]!r}; use status or reload"}
+        if command == "health" and self.node_health is not None:
+            return await self.node_health.report()
+        word, _, arg = command.partition(" ")
+        if word == "drain" and self.node_health is not None:
+            try:
+                timeout = float(arg) if arg else DRAIN_TIMEOUT
+            except ValueError:
+                timeout = -1.0
+            if not 0 < timeout <= 3600:
+                return {"error": "drain takes a timeout of 0-3600 seconds"}
+            return await self.node_health.drain(timeout)
+        return {"error": f"unknown command {command[:40]!r}; use status, reload, health or "
+                "drain"}
 
 
 def _display(address: str) -> str:
@@ -196,3 +210,83 @@ def status_main(argv: list[str]) -> int:
             continue
         print(json.dumps(st, indent=1) if as_json else format_status(label, st))
     return rc
+
+
+def _targets(names: list[str]) -> list[str]:
+    return [n if "/" in n else abstract_name(n) for n in names] or discover()
+
+
+def health_main(argv: list[str]) -> int:
+    """anytun-relay health [--json] [SOCKET|DEVICE ...]: exit 0 when every node is healthy."""
+    as_json = "--json" in argv
+    names = [a for a in argv if a != "--json"]
+    if any(a.startswith("-") for a in names):
+        print("usage: anytun-relay health [--json] [SOCKET-PATH|DEVICE ...]", file=sys.stderr)
+        return 2
+    targets = _targets(names)
+    if not targets:
+        print("anytun-relay: no running node found in this network namespace", file=sys.stderr)
+        return 1
+    rc = 0
+    for t in targets:
+        label = _display(t)
+        try:
+            doc = request(t, "health")
+        except (OSError, ValueError) as exc:
+            print(f"anytun-relay: {label}: {exc}", file=sys.stderr)
+            rc = 1
+            continue
+        if "healthy" not in doc:
+            print(f"anytun-relay: {label}: {doc.get('error', 'no health report')}",
+                  file=sys.stderr)
+            rc = 1
+            continue
+        if as_json:
+            print(json.dumps(doc, indent=1))
+        else:
+            state = "draining" if doc["draining"] else "healthy" if doc["healthy"] else "unhealthy"
+            print(f"{label}: {state}" + "".join(f"\n  {r}" for r in doc["reasons"]))
+        rc = rc or (0 if doc["healthy"] else 1)
+    return rc
+
+
+def drain_main(argv: list[str]) -> int:
+    """anytun-relay drain [--timeout S] [SOCKET|DEVICE]: report draining (announcers
+    withdraw), wait until the traffic has left this node or the timeout, then stop it."""
+    timeout = DRAIN_TIMEOUT
+    names = []
+    it = iter(argv)
+    for a in it:
+        if a == "--timeout":
+            try:
+                timeout = float(next(it, ""))
+            except ValueError:
+                timeout = -1.0
+        elif a.startswith("-"):
+            timeout = -1.0
+        else:
+            names.append(a)
+    if not 0 < timeout <= 3600 or len(names) > 1:
+        print("usage: anytun-relay drain [--timeout SECONDS (default 30, at most 3600)] "
+              "[SOCKET-PATH|DEVICE]", file=sys.stderr)
+        return 2
+    targets = _targets(names)
+    if len(targets) != 1:
+        print("anytun-relay: " + ("no running node found in this network namespace"
+                                  if not targets else "several nodes run here; name one"),
+              file=sys.stderr)
+        return 1
+    label = _display(targets[0])
+    try:
+        doc = request(targets[0], f"drain {timeout:g}", timeout=timeout + 10)
+    except (OSError, ValueError) as exc:
+        print(f"anytun-relay: {label}: {exc}", file=sys.stderr)
+        return 1
+    if "error" in doc:
+        print(f"anytun-relay: {label}: {doc['error']}", file=sys.stderr)
+        return 1
+    how = ("traffic gone" if doc.get("drained") else
+           "timed out: no announcer asked for health since" if doc.get("announcer_saw_it")
+           is False else "timed out, traffic still arriving")
+    print(f"{label}: drained in {doc.get('seconds')}s ({how}); the node stops now")
+    return 0 if doc.get("drained") else 1

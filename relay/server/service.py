@@ -159,6 +159,10 @@ class _StartChecked:
     def status(self) -> dict:
         return self.inner.status()
 
+    def health(self):
+        fn = getattr(self.inner, "health", None)
+        return fn() if fn is not None else []
+
 
 def aarp_from_args(args: argparse.Namespace) -> list[Service]:
     if not getattr(args, "aarp_respond", None):
