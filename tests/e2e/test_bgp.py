@@ -289,3 +289,77 @@ def test_ecmp_spreads_flows_and_everything_keeps_working(fabric, tmp_path: Path)
         lab.unlimit(lab.clients[2])
         for p in reversed(procs):
             tu.stop(p)
+
+
+# -- anytun-relay's own health drives the announcements ---------------------------------------
+def _health_node(lab: AnycastLab, tmp: Path, j: int, url: str, port: int) -> subprocess.Popen:
+    path = tmp / f"h{j}.toml"
+    path.write_text(_node_config(j))
+    proc = tu.start(lab.server(j), tu.relay(
+        "--config", str(path), "--sync", url, "--sync-node", f"s{j}", "--health-needs-sync",
+        "--http-listen", "127.0.0.1:9180"), "tun7", "10.8.0.1")
+    tu.wait_for(lambda: lab.server(j).run([*tu.RELAY, "health", "tun7"], check=False,
+                                          timeout=20).returncode == 0, 15, f"node {j} healthy")
+    return proc
+
+
+def test_relay_health_drain_and_redis_loss_move_the_route(fabric, tmp_path: Path) -> None:
+    """Announcers ask anytun-relay (control socket on s1, HTTP /health on s2). A node that
+    loses Redis with --health-needs-sync is withdrawn; `anytun-relay drain` withdraws s1,
+    waits until its tunnel traffic went to s2, then stops s1 while the tunnel goes on."""
+    require_program("uanytun")
+    require_program("redis-server")
+    lab, fab = fabric(servers=2, clients=2, hosts=1)
+    host = lab.hosts[0]
+    url = f"redis://{host.ip4}:{REDIS_PORT}/0"
+    redis = host.popen(["redis-server", "--port", str(REDIS_PORT), "--bind", "0.0.0.0",
+                        "--save", "", "--appendonly", "no", "--protected-mode", "no",
+                        "--dir", str(tmp_path)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    procs = [redis]
+    try:
+        wait_port(host, REDIS_PORT)
+        nodes = {j: _health_node(lab, tmp_path, j, url, 9180) for j in (1, 2)}
+        procs += nodes.values()
+        fab.start_speaker(1, ["--check-relay", "tun7"])
+        fab.start_speaker(2, ["--check-http", "http://127.0.0.1:9180/health"])
+        fab.wait_paths(1)
+        for m in (1, 2):
+            procs.append(tu.start(lab.clients[m - 1], tu.uanytun(
+                "-m", str(m), "-E", f"ecmp-{m}", "-e", "client", "-r", AA4, "-d", "tun8",
+                "-n", f"10.8.{m}.2/16"), "tun8", f"10.8.{m}.2"))
+            tu.ping_until(lab.clients[m - 1], "10.8.0.1", timeout=15)
+        tu.ping_until(lab.clients[0], "10.8.2.2", timeout=15)
+
+        # Redis becomes unreachable from s1 only: s1 reports it and is withdrawn
+        s1 = lab.server(1)
+        s1.run(["nft", "-f", "-"], input="table inet bgpnoredis {\n chain out { type filter "
+               f"hook output priority 0; ip daddr {host.ip4} tcp dport {REDIS_PORT} "
+               "reject with tcp reset; }\n}\n")
+        s1.run(["ss", "-K", "dst", host.ip4, "dport", "=", str(REDIS_PORT)], check=False)
+        fab.wait_paths(2, timeout=30)
+        health = json.loads(s1.run([*tu.RELAY, "health", "--json", "tun7"],
+                                   check=False).stdout)
+        assert not health["healthy"] and "redis backend unreachable" in " ".join(
+            health["reasons"]), health
+        assert tu.ping(lab.clients[0], "10.8.2.2", count=5, interval=0.1) == 5
+        s1.run(["nft", "delete", "table", "inet", "bgpnoredis"])
+        fab.wait_paths(1, timeout=30)
+
+        # drain s1 under traffic
+        pinger = lab.clients[0].popen(["ping", "-n", "-i", "0.05", "-c", "120", "-W", "1",
+                                       "10.8.2.2"], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        drain = s1.run([*tu.RELAY, "drain", "--timeout", "20", "tun7"], check=False, timeout=40)
+        assert drain.returncode == 0, drain.stdout + drain.stderr
+        assert "traffic gone" in drain.stdout, drain.stdout
+        assert fab.paths() == {2}
+        assert nodes[1].wait(10) == 0
+        out, _ = pinger.communicate(timeout=30)
+        line = next(ln for ln in out.splitlines() if "received" in ln)
+        sent, got = int(line.split()[0]), int(line.split(",")[1].split()[0])
+        print(f"drain: {sent - got} of {sent} pings lost; {drain.stdout.strip()}")
+        assert sent - got <= 3, line
+    finally:
+        for p in reversed(procs):
+            tu.stop(p)
