@@ -18,13 +18,15 @@ APT_RUNTIME := iproute2 iputils-ping procps util-linux nftables curl gcc libc6-d
 # (debootstrap, systemd-container, dpkg-dev: the Debian package is installed into a fresh
 # Debian 12 tree and its units run under a real systemd in a container)
 APT_TEST := $(APT_RUNTIME) wget bind9-dnsutils dnsmasq-base netcat-openbsd tcpdump iperf3 \
-	anytun uanytun kamailio sip-tester redis-server valgrind make psmisc ethtool socat clang \
-	libclang-rt-14-dev openssl debootstrap systemd-container dpkg-dev man-db
-APT_BENCH := $(APT_TEST) rtpengine-daemon linux-perf
+	anytun uanytun kamailio sip-tester rtpengine-daemon redis-server valgrind make psmisc \
+	ethtool socat clang libclang-rt-14-dev openssl bird2 exabgp debootstrap systemd-container \
+	dpkg-dev man-db
+APT_BENCH := $(APT_TEST) linux-perf
 # The Debian package is built with Debian's own interpreter (its venv runs on the target's).
 APT_DEB := $(APT_RUNTIME) python3-dev dpkg-dev
-# The demo's chapters run uanytun (tunnels), Kamailio + SIPp (relay mode), Redis (cluster).
-APT_DEMO := $(APT_RUNTIME) uanytun kamailio sip-tester redis-server
+# The demo's chapters run uanytun (tunnels), Kamailio + SIPp (relay mode), Redis (cluster),
+# BIRD 2 (the router) and ExaBGP (the nodes announcing the anycast prefixes).
+APT_DEMO := $(APT_RUNTIME) uanytun kamailio sip-tester redis-server bird2 exabgp
 
 .PHONY: help deps-runtime deps-test deps-bench deps-demo venv build install demo test test-unit lint \
 	bench clean deb deps-deb

@@ -1,10 +1,11 @@
-"""The operations HTTP listener: GET (and HEAD) of a few fixed paths such as /metrics.
+"""A small HTTP listener for operations endpoints (`GET /health`, `/metrics`, `/status`).
 
-A daemon registers routes (path -> async handler returning a Reply) and runs the listener as
-one of its services. It speaks just enough HTTP/1.1 for Prometheus, load balancers and curl:
-one request per connection, no request bodies, every request bounded (8 KiB of head, 5 s to
-send it), anything else a clear 4xx. It serves whoever reaches it: put it on a management or
-loopback address.
+Daemons register routes (path -> async handler returning status, content type and body) and
+run the listener as one of their services; routers' health checks, load balancers and
+Prometheus talk to it. It speaks just enough HTTP/1.1 for them: GET and HEAD, one request per
+connection, no request bodies; every request is bounded (8 KiB of head, 5 s to send it), and
+anything else gets a clear 4xx status. Put it on a management address: it serves whoever
+reaches it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ Handler = Callable[[], Awaitable[Reply]]
 
 
 class ListenError(ValueError):
-    """A listen address that is not HOST:PORT, or one that cannot be bound: one clear line."""
+    """A listen address that is not HOST:PORT; one clear line."""
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -79,10 +80,11 @@ class OpsHttpServer:
             self._server = await asyncio.start_server(self._client, self.host, self.port,
                                                       reuse_address=True, limit=MAX_HEAD)
         except OSError as exc:
-            raise ListenError(f"cannot listen for HTTP on [{self.host}]:{self.port}: "
+            raise ListenError(f"cannot listen on HTTP [{self.host}]:{self.port}: "
                               f"{exc.strerror or exc}") from None
         self.port = self._server.sockets[0].getsockname()[1]   # port 0: the one chosen
-        log.info("HTTP %s on [%s]:%d", ", ".join(sorted(self.routes)), self.host, self.port)
+        log.info("HTTP endpoints %s on [%s]:%d", ", ".join(sorted(self.routes)), self.host,
+                 self.port)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -124,19 +126,21 @@ class OpsHttpServer:
             if not exc.partial:
                 raise
             return Reply(400, b"incomplete request\n"), False
+        if len(head) > MAX_HEAD:
+            return Reply(431, b"request head too large\n"), False
         parts = head.split(b"\r\n", 1)[0].split(b" ")
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
             return Reply(400, b"not an HTTP/1.x request line\n"), False
         method, target = parts[0], parts[1].split(b"?", 1)[0]
         if method not in (b"GET", b"HEAD"):
             return Reply(405, b"only GET and HEAD\n"), False
-        head_only = method == b"HEAD"
         handler = self.routes.get(target.decode("latin-1"))
         if handler is None:
             paths = ", ".join(sorted(self.routes))
-            return Reply(404, f"no such path; try {paths}\n".encode()), head_only
+            return Reply(404, f"no such path; try {paths}\n".encode()), method == b"HEAD"
         try:
-            return await handler(), head_only
+            return await handler(), method == b"HEAD"
         except Exception:
             log.exception("HTTP handler for %s failed", target.decode("latin-1"))
-            return Reply(500, b"internal error\n"), head_only
+            return Reply(500, b"internal error\n"), method == b"HEAD"
+

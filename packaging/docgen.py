@@ -19,6 +19,7 @@ from pathlib import Path
 from aarp import __version__
 from aarp.cli import resolve, responder, shim
 from relay import cli as relay_cli
+from relay.announce import cli as announce_cli
 from relay import status as relay_status
 
 
@@ -36,7 +37,9 @@ class Command:
 COMMANDS = [
     Command("anytun-relay", 8, "anycast tunnel endpoint and server, media relay, cluster sync",
             relay_cli.build_parser,
-            {"status": relay_status.build_parser, "check-config": relay_cli.check_config_parser},
+            {"status": relay_status.build_parser, "health": relay_status.health_parser,
+             "drain": relay_status.drain_parser, "exabgp": announce_cli.build_parser,
+             "check-config": relay_cli.check_config_parser},
             {"FILES": "/etc/anytun-relay/NAME.toml: the configuration of the node that "
              "anytun-relay@NAME.service runs (examples: /etc/anytun-relay/*.toml.example). "
              "Sections [process], [tunnel], [relay], [cluster] take the long options of their "

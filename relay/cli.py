@@ -6,8 +6,8 @@ its settings, raising ConfigError on a user mistake. A --config file (relay.conf
 the same options. relay.node turns the settings into services, and relay.runtime runs them;
 every mode and combination gets the same process behaviour (relay.runtime.process).
 
-Commands beside the daemon: `anytun-relay status` (relay.status) and
-`anytun-relay check-config FILE`.
+Commands beside the daemon: `anytun-relay status`, `health` and `drain` (relay.status),
+`anytun-relay check-config FILE`, and `anytun-relay exabgp` (relay.announce).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from opskit import cli as opscli
 from relay import __version__, configfile, node, status
+from relay.announce import cli as announce_cli
 from relay.cluster import cli as cluster_cli
 from relay.rtpproxy import cli as rtpproxy_cli
 from relay.runtime import process
@@ -48,8 +49,9 @@ def _process_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("-U", "--debug", action="store_true",
                    help="don't daemonize and log to stdout with maximum log level")
     p.add_argument("--http-listen", metavar="HOST:PORT",
-                   help="serve GET /metrics (Prometheus) and /status (JSON) on this address, "
-                   "e.g. 127.0.0.1:9180")
+                   help="serve GET /health (200 when this node should carry the anycast "
+                   "address, 503 when not or while draining), /metrics (Prometheus) and "
+                   "/status (JSON) on this address, e.g. 127.0.0.1:9180")
 
 
 SECTIONS: tuple[tuple[str, Callable[[argparse.ArgumentParser], None]], ...] = (
@@ -63,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Anycast tunnel endpoint speaking SATP (wire-compatible with anytun and "
         "uanytun, and accepting their options), anycast tunnel server, rtpproxy-protocol "
         "media relay, with state sync between the servers of one anycast address.",
-        epilog="Commands: 'anytun-relay status [--json] [DEVICE]' shows running nodes; "
-        "'anytun-relay check-config FILE' checks a configuration file. Every option also "
+        epilog="Commands: 'anytun-relay status [--json] [DEVICE]' shows running nodes, "
+        "'anytun-relay health' and 'anytun-relay drain' ask and withdraw them, "
+        "'anytun-relay exabgp' is the announcer ExaBGP runs, 'anytun-relay check-config FILE' "
+        "checks a configuration file. Every option also "
         "has a place in the --config file: its long name with _ for -, in the section "
         "[process], [tunnel], [relay] or [cluster] of its group.",
     )
@@ -154,7 +158,8 @@ def _holds_keys(settings: node.Settings) -> bool:
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "status": status.main, "check-config": lambda a: opscli.run(lambda: check_config(a))}
+    "status": status.main, "health": status.health_main, "drain": status.drain_main,
+    "exabgp": announce_cli.main, "check-config": lambda a: opscli.run(lambda: check_config(a))}
 
 
 def main(argv: list[str] | None = None) -> int:

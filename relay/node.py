@@ -3,12 +3,14 @@
 The command line (relay.cli, with relay.configfile for --config) builds one Settings value;
 `build(settings)` turns it into the services the daemon (relay.runtime.daemon) starts in
 order: the cluster first (the tables hold the shared state before traffic flows), the tunnel
-with what surrounds it, relay mode, the control socket, and the HTTP endpoint last.
+with what surrounds it, relay mode, the HTTP endpoint (/health, /metrics, /status) and the
+control socket last, which answers `anytun-relay status`, `health` and `drain` for all.
 `capabilities(settings)` says what the process still needs once they all run, and why.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from relay.cluster import node as cluster_node
@@ -17,6 +19,7 @@ from relay.rtpproxy.server import RelayConfig, RtpproxyService
 from relay.runtime.control import ControlServer
 from relay.runtime.daemon import Service
 from relay.runtime.errors import ConfigError
+from relay.runtime.health import NodeHealth
 from relay.runtime.process import ProcessSettings
 from relay.tunnel import peer, server
 from relay.tunnel.node import TunnelNode
@@ -32,7 +35,7 @@ class Settings:
     relay: RelayConfig | None = None
     cluster: ClusterSettings | None = None
     control_socket: str | None = None     # --control-socket; else the tunnel's, else abstract
-    http_listen: tuple[str, int] | None = None   # --http-listen: /metrics, /status
+    http_listen: tuple[str, int] | None = None   # --http-listen: /health, /metrics, /status
 
 
 def build_tunnel(settings: TunnelSettings) -> TunnelNode:
@@ -43,7 +46,8 @@ def build(settings: Settings) -> list[Service]:
     tunnel = build_tunnel(settings.tunnel) if settings.tunnel is not None else None
     relay = RtpproxyService(settings.relay) if settings.relay is not None else None
     if tunnel is None and relay is None:
-        raise ConfigError("nothing to do: configure a tunnel or relay mode (--rtpproxy)")
+        raise ConfigError("nothing to do: configure a tunnel or relay mode "
+                          "(--rtpproxy, --listen-ng)")
     services: list[Service] = []
     handover = None
     if settings.cluster is not None:
@@ -56,19 +60,25 @@ def build(settings: Settings) -> list[Service]:
                 services.append(handover)
     if relay is not None:
         services.append(relay)
-    path = settings.control_socket or (tunnel.settings.node.control_socket if tunnel else None)
-    others = list(services)
+    health = NodeHealth(list(services))
+    others: list[Service] = []
 
     def status() -> dict:
         return {s.name: s.status() for s in others}
 
-    services.append(ControlServer(tunnel.device_name if tunnel else lambda: "rtpproxy",
-                                  status, tunnel.reload if tunnel else None, path))
     if settings.http_listen is not None:   # imported only when asked for: idle memory
         from relay import metrics
         from relay.runtime.http import NodeHttp
 
-        services.append(NodeHttp(*settings.http_listen, status, metrics.render))
+        http = NodeHttp(*settings.http_listen, status, metrics.render)
+        health.attach_http(http)
+        services.append(http)
+    others += services
+    path = settings.control_socket or (tunnel.settings.node.control_socket if tunnel else None)
+    control = ControlServer(tunnel.device_name if tunnel else lambda: "rtpproxy", status,
+                            tunnel.reload if tunnel else None, path)
+    control.node_health = health
+    services.append(control)
     return services
 
 
@@ -104,8 +114,11 @@ def files(settings: Settings) -> list[str]:
     control = settings.control_socket or (t.node.control_socket if t is not None else None)
     if control:
         out.append(control)
-    if settings.relay is not None:
-        out += [c.path for c in settings.relay.controls if c.kind == "unix"]
+    r = settings.relay
+    if r is not None:
+        out += [c.path for c in r.controls if c.kind == "unix"]
+        if r.recording_dir:
+            out.append(os.path.join(r.recording_dir, "."))   # the directory itself
     return out
 
 
@@ -125,7 +138,8 @@ def describe(settings: Settings) -> list[str]:
                      + (", open tunnel mode" if t.open_tunnel else ""))
     if settings.relay is not None:
         r = settings.relay
-        lines.append(f"relay mode on {', '.join(str(c) for c in r.controls)}, addresses "
+        controls = ", ".join(str(c) for c in (*r.controls, *r.ng_controls))
+        lines.append(f"relay mode on {controls}, addresses "
                      f"{', '.join(r.addresses)}, ports {r.port_range[0]}-{r.port_range[1] + 1}")
     c = settings.cluster
     if c is not None:

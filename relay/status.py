@@ -1,5 +1,6 @@
-"""`anytun-relay status [--json] [SOCKET|DEVICE ...]`: ask the running nodes of this network
-namespace (their control sockets, relay.runtime.control) and print what they say.
+"""The control socket's clients (relay.runtime.control) on the command line, for the running
+nodes of this network namespace or the ones named: `anytun-relay status [--json]`,
+`anytun-relay health [--json]` (exit 0 when healthy) and `anytun-relay drain [--timeout S]`.
 
 The text view carries every section of the JSON: the tunnel as anytun-showtables prints it
 (Client and Route lines) and every other service (relay mode, cluster, handover, open tunnel,
@@ -15,9 +16,13 @@ from typing import Any
 
 from opskit import cli as opscli
 from relay import __version__
-from relay.runtime.control import abstract_name, discover, display, request
+from relay.runtime.control import DRAIN_TIMEOUT, abstract_name, discover, display, request
 
 WIDTH = 96
+
+
+TARGETS = ("a control socket path, or the device name of a node (its abstract socket "
+           "@anytun-relay/DEVICE; relay-only nodes: rtpproxy)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,10 +32,34 @@ def build_parser() -> argparse.ArgumentParser:
         "namespace: every node found, or the ones named.",
         epilog="Exit status: 0 every node answered, 1 one did not (or none runs). Only root "
         "and the daemon's own user may ask a node.")
-    p.add_argument("targets", nargs="*", metavar="SOCKET|DEVICE",
-                   help="a control socket path, or the device name of a node (its abstract "
-                   "socket @anytun-relay/DEVICE; relay-only nodes: rtpproxy)")
+    p.add_argument("targets", nargs="*", metavar="SOCKET|DEVICE", help=TARGETS)
     p.add_argument("--json", action="store_true", help="print the full status as JSON")
+    opscli.add_version(p, __version__)
+    return p
+
+
+def health_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="anytun-relay health",
+        description="Ask the nodes whether they should carry the anycast address now (every "
+        "service serving, not draining); what announcers and routers' checks ask.",
+        epilog="Exit status: 0 every node is healthy, 1 one is not (the reasons are printed) "
+        "or did not answer.")
+    p.add_argument("targets", nargs="*", metavar="SOCKET|DEVICE", help=TARGETS)
+    p.add_argument("--json", action="store_true", help="print the health documents as JSON")
+    opscli.add_version(p, __version__)
+    return p
+
+
+def drain_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="anytun-relay drain",
+        description="Withdraw a node: it reports draining (announcers withdraw its "
+        "prefixes), waits until the traffic has left it or the timeout, then stops.",
+        epilog="Exit status: 0 drained (traffic gone), 1 timed out or no such node.")
+    p.add_argument("targets", nargs="?", metavar="SOCKET|DEVICE", help=TARGETS)
+    p.add_argument("--timeout", type=float, default=DRAIN_TIMEOUT, metavar="SECONDS",
+                   help=f"wait at most this long (default {DRAIN_TIMEOUT:g}, at most 3600)")
     opscli.add_version(p, __version__)
     return p
 
@@ -135,9 +164,13 @@ def main(argv: list[str]) -> int:
     return opscli.run(lambda: _main(argv))
 
 
+def _targets(names: list[str]) -> list[str]:
+    return [n if "/" in n else abstract_name(n) for n in names] or discover()
+
+
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    targets = [n if "/" in n else abstract_name(n) for n in args.targets] or discover()
+    targets = _targets(args.targets)
     if not targets:
         print("anytun-relay: no running node found in this network namespace",
               file=sys.stderr)
@@ -157,3 +190,65 @@ def _main(argv: list[str]) -> int:
             continue
         print(json.dumps(st, indent=1) if args.json else format_status(label, st))
     return rc
+
+
+def health_main(argv: list[str]) -> int:
+    return opscli.run(lambda: _health(argv))
+
+
+def _health(argv: list[str]) -> int:
+    args = health_parser().parse_args(argv)
+    targets = _targets(args.targets)
+    if not targets:
+        print("anytun-relay: no running node found in this network namespace", file=sys.stderr)
+        return 1
+    rc = 0
+    for t in targets:
+        label = display(t)
+        try:
+            doc = request(t, "health")
+        except (OSError, ValueError) as exc:
+            print(f"anytun-relay: {label}: {exc}", file=sys.stderr)
+            rc = 1
+            continue
+        if "healthy" not in doc:
+            print(f"anytun-relay: {label}: {doc.get('error', 'no health report')}",
+                  file=sys.stderr)
+            rc = 1
+            continue
+        if args.json:
+            print(json.dumps(doc, indent=1))
+        else:
+            state = "draining" if doc["draining"] else "healthy" if doc["healthy"] else "unhealthy"
+            print(f"{label}: {state}" + "".join(f"\n  {r}" for r in doc["reasons"]))
+        rc = rc or (0 if doc["healthy"] else 1)
+    return rc
+
+
+def drain_main(argv: list[str]) -> int:
+    """Report draining (announcers withdraw), wait until the traffic has left this node or
+    the timeout, then stop it."""
+    p = drain_parser()
+    args = p.parse_args(argv)
+    if not 0 < args.timeout <= 3600:
+        p.error("--timeout: more than 0 and at most 3600 seconds")
+    targets = _targets([args.targets] if args.targets else [])
+    if len(targets) != 1:
+        print("anytun-relay: " + ("no running node found in this network namespace"
+                                  if not targets else "several nodes run here; name one"),
+              file=sys.stderr)
+        return 1
+    label = display(targets[0])
+    try:
+        doc = request(targets[0], f"drain {args.timeout:g}", timeout=args.timeout + 10)
+    except (OSError, ValueError) as exc:
+        print(f"anytun-relay: {label}: {exc}", file=sys.stderr)
+        return 1
+    if "error" in doc:
+        print(f"anytun-relay: {label}: {doc['error']}", file=sys.stderr)
+        return 1
+    how = ("traffic gone" if doc.get("drained") else
+           "timed out: no announcer asked for health since" if doc.get("announcer_saw_it")
+           is False else "timed out, traffic still arriving")
+    print(f"{label}: drained in {doc.get('seconds')}s ({how}); the node stops now")
+    return 0 if doc.get("drained") else 1

@@ -14,17 +14,14 @@ import json
 import logging
 import signal
 import sys
-from typing import TYPE_CHECKING
 
 from aarp import __version__
 from aarp import config as aconfig
 from aarp.responder import DEFAULT_BURST, DEFAULT_RATE, DEFAULT_TTL
-from aarp.responder_service import ResponderError, ResponderService
+from aarp.responder_service import ResponderError, ResponderService, check_address
 from opskit import caps, logfmt, sdnotify
 from opskit import cli as opscli
-
-if TYPE_CHECKING:
-    from opskit.http import OpsHttpServer
+from opskit.http import ListenError, OpsHttpServer, Reply, parse_listen
 
 LOG_LEVELS = {"off": logging.CRITICAL + 10, "error": logging.ERROR, "info": logging.INFO,
               "debug": logging.DEBUG}
@@ -69,8 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: config 'log', else error)")
     p.add_argument("-v", "--verbose", action="store_true", help="same as --log info")
     p.add_argument("--status", action="store_true", help="print the status as JSON on exit")
-    p.add_argument("--http-listen", metavar="HOST:PORT", help="serve GET /metrics (Prometheus) "
-                   "and /status (JSON) on this address, e.g. 127.0.0.1:9181")
+    p.add_argument("--http-listen", metavar="HOST:PORT",
+                   help="serve GET /health (200 healthy, 503 not; a JSON body with the "
+                   "reasons), /metrics (Prometheus) and /status (JSON) here, e.g. "
+                   "127.0.0.1:9181; for a router's health checks and monitoring")
+    p.add_argument("--check", action="store_true",
+                   help="do not serve: probe the anycast addresses from this host and exit 0 "
+                   "if the responder running here answers each with this host's unicast "
+                   "address, 1 if not (for health checks and ExaBGP's announcer)")
     opscli.add_version(p, __version__)
     return p
 
@@ -121,25 +124,26 @@ def service_from_args(args: argparse.Namespace, cfg: aconfig.Config) -> Responde
         icmp=not args.no_icmp, udp=not args.no_udp, rate=args.rate, burst=args.burst)
 
 
-def _http(service: ResponderService, listen: str) -> OpsHttpServer:
-    """GET /metrics and /status; imported only when asked for (idle memory)."""
-    from aarp.metrics import responder_metrics
-    from opskit import exposition, http
+def http_endpoints(service: ResponderService, http: OpsHttpServer) -> None:
+    """GET /health, /metrics and /status."""
+    async def health() -> Reply:
+        doc = await service.health()
+        return Reply.json(200 if doc["healthy"] else 503, doc)
 
-    host, port = http.parse_listen(listen)
-    server = http.OpsHttpServer(host, port)
+    async def metrics() -> Reply:
+        from aarp.metrics import responder_metrics  # only when scraped: idle memory
+        from opskit import exposition
 
-    async def metrics() -> http.Reply:
         m = exposition.Metrics("")
         responder_metrics(m, service.status())
-        return http.Reply(200, m.render(), exposition.CONTENT_TYPE)
+        return Reply(200, m.render(), exposition.CONTENT_TYPE)
 
-    async def status() -> http.Reply:
-        return http.Reply.json(200, service.status())
+    async def status() -> Reply:
+        return Reply.json(200, service.status())
 
-    server.route("/metrics", metrics)
-    server.route("/status", status)
-    return server
+    http.route("/health", health)
+    http.route("/metrics", metrics)
+    http.route("/status", status)
 
 
 def _give_up_privileges() -> None:
@@ -149,20 +153,17 @@ def _give_up_privileges() -> None:
         logging.getLogger("aarp.responder").info("sockets open; capabilities given up")
 
 
-async def _serve(service: ResponderService, listen: str | None = None) -> None:
+async def _serve(service: ResponderService, http: OpsHttpServer | None) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    web = _http(service, listen) if listen else None
     await service.start()
     watchdog = sdnotify.Watchdog()
     try:
-        if web is not None:
-            try:
-                await web.start()
-            except ValueError as exc:
-                raise ResponderError(str(exc)) from None
+        if http is not None:
+            http_endpoints(service, http)
+            await http.start()
         _give_up_privileges()
         sdnotify.ready(f"answering for {', '.join(service.status()['anycast'])}")
         watchdog.start()
@@ -170,11 +171,24 @@ async def _serve(service: ResponderService, listen: str | None = None) -> None:
         sdnotify.stopping()
     finally:
         await watchdog.stop()
-        if web is not None:
-            await web.stop()
+        if http is not None:
+            await http.stop()
         await service.stop()
         logging.getLogger("aarp.responder").info("stopped: %s",
                                                  json.dumps(service.status()["counters"]))
+
+
+def check(service: ResponderService) -> int:
+    """--check: one line per anycast address; 0 when every one is answered by us."""
+    rc = 0
+    for aa in service.config.anycast:
+        why = check_address(service.config, aa, timeout_ms=500)
+        if why:
+            print(f"aarp-responder: {why}", file=sys.stderr)
+            rc = 1
+        else:
+            print(f"{aa}: ok, unicast {service.config.unicast_for(aa.version)}")
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,16 +212,18 @@ def _main(argv: list[str] | None) -> int:
     except ResponderError as exc:
         print(f"aarp-responder: {exc}", file=sys.stderr)
         return 1
+    if args.check:
+        return check(service)
+    http = None
     if args.http_listen:
-        from opskit.http import ListenError, parse_listen
         try:
-            parse_listen(args.http_listen)
+            http = OpsHttpServer(*parse_listen(args.http_listen))
         except ListenError as exc:
             print(f"aarp-responder: --http-listen {exc}", file=sys.stderr)
             return 2
     try:
-        asyncio.run(_serve(service, args.http_listen))
-    except ResponderError as exc:
+        asyncio.run(_serve(service, http))
+    except (ResponderError, ListenError) as exc:
         print(f"aarp-responder: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

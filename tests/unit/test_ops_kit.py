@@ -1,10 +1,9 @@
 """opskit: the Prometheus text format (checked by prometheus_client's own parser), sd_notify
-over a real datagram socket, the journald and syslog log variants, the HTTP listener, and
-capabilities read from the kernel."""
+over a real datagram socket, the journald and syslog log variants, and capabilities read from
+the kernel (the HTTP listener: test_ops_http.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -15,7 +14,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from opskit import caps, logfmt, sdnotify
 from opskit.exposition import Metrics
-from opskit.http import ListenError, OpsHttpServer, Reply, parse_listen
 
 
 def test_exposition_parses_with_prometheus_client() -> None:
@@ -104,63 +102,6 @@ def test_missing_syslog_socket_is_an_error(monkeypatch: pytest.MonkeyPatch,
         logfmt.syslog_handler("anytun-relay", "nonsense")
     with pytest.raises(logfmt.LogTargetError, match="cannot open"):
         logfmt.file_handler("/proc/no/such/dir/x.log")
-
-
-async def _get(port: int, request: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request)
-    await writer.drain()
-    data = await reader.read()
-    writer.close()
-    return data
-
-
-def test_http_listener_routes_and_bad_requests() -> None:
-    async def main() -> None:
-        server = OpsHttpServer("127.0.0.1", 0)
-
-        async def hello() -> Reply:
-            return Reply(200, b"hi\n")
-
-        async def broken() -> Reply:
-            raise RuntimeError("boom")
-
-        server.route("/hello", hello)
-        server.route("/broken", broken)
-        await server.start()
-        port = server.port
-        try:
-            ok = await _get(port, b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert ok.startswith(b"HTTP/1.1 200 OK") and ok.endswith(b"\r\n\r\nhi\n")
-            head = await _get(port, b"HEAD /hello HTTP/1.1\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n")
-            assert (await _get(port, b"GET /nope HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404")
-            assert (await _get(port, b"POST /hello HTTP/1.1\r\n\r\n")).startswith(
-                b"HTTP/1.1 405")
-            assert (await _get(port, b"garbage\r\n\r\n")).startswith(b"HTTP/1.1 400")
-            assert (await _get(port, b"GET /" + b"x" * 9000 + b" HTTP/1.1\r\n\r\n")).startswith(
-                b"HTTP/1.1 431")
-            assert (await _get(port, b"GET /broken HTTP/1.1\r\n\r\n")).startswith(
-                b"HTTP/1.1 500")
-            other = OpsHttpServer("127.0.0.1", port)     # the port is taken: a clear error
-            with pytest.raises(ListenError, match="cannot listen"):
-                await other.start()
-        finally:
-            await server.stop()
-
-    asyncio.run(main())
-
-
-@pytest.mark.parametrize("text", ["9180", "host:9180", "127.0.0.1:0", "[::1]:99999", ""])
-def test_listen_addresses_refused(text: str) -> None:
-    with pytest.raises(ListenError):
-        parse_listen(text)
-
-
-def test_listen_addresses() -> None:
-    assert parse_listen("127.0.0.1:9180") == ("127.0.0.1", 9180)
-    assert parse_listen("[::1]:9180") == ("::1", 9180)
-    assert parse_listen(":9180") == ("::", 9180)
 
 
 def test_capabilities_of_this_process() -> None:
