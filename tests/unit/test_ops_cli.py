@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 VERSION = re.compile(r"^(aarp-resolve|aarp-responder|aarp-shim|anytun-relay) 0\.1\.0 "
                      r"\(anycast-toolkit(; [^)]+)?\)$")
 HELPS = [["aarp-resolve"], ["aarp-responder"], ["aarp-shim"], ["anytun-relay"],
-         ["anytun-relay", "status"], ["anytun-relay", "check-config"]]
+         ["anytun-relay", "status"], ["anytun-relay", "check-config"], ["anytun-relay", "health"],
+         ["anytun-relay", "drain"], ["anytun-relay", "exabgp"]]
 
 
 @pytest.mark.parametrize("argv", HELPS, ids=" ".join)
