@@ -19,8 +19,8 @@ from pathlib import Path
 from aarp import __version__
 from aarp.cli import resolve, responder, shim
 from relay import cli as relay_cli
-from relay.announce import cli as announce_cli
 from relay import status as relay_status
+from relay.announce import cli as announce_cli
 
 
 @dataclass

@@ -12,8 +12,9 @@ in the section of its group; a tunnel server keeps the format of relay.tunnel.no
     [cluster]   sync = "redis://...", sync_node, cluster_key_file, handover, ...
 
 The file's values go through the same parsers and checks as the command line and become the
-same settings (relay.node.Settings). An option given on the command line as well wins over
-the file. Mistakes name the file and line: `node.toml:12: [relay].rtp_ports: ...`.
+same settings (relay.node.Settings). A process, relay or cluster option given on the command
+line as well wins over the file; tunnel options belong in the file (relay.cli refuses them
+beside --config). Mistakes name the file and line: `node.toml:12: [relay].rtp_ports: ...`.
 """
 
 from __future__ import annotations

@@ -100,15 +100,6 @@ def resolve_identity(user: str | None, group: str | None) -> Identity | None:
     return Identity(user, pw.pw_uid, gid)
 
 
-def check_identity(user: str | None, group: str | None) -> str | None:
-    """Error text if -u/-g name nobody."""
-    try:
-        resolve_identity(user, group)
-    except ConfigError as exc:
-        return str(exc)
-    return None
-
-
 def drop_privileges(identity: Identity | None, chroot: str | None,
                     keep: Mapping[str, str]) -> set[str]:
     """After setup: chroot, then become the user keeping only `keep` (capability -> why)."""
