@@ -70,6 +70,10 @@ AARP_API const char *aarp_config_error(void);
  * 0 with JSON in out, or -1 with the error line in out. Touches nothing global. */
 AARP_API int aarp_config_check(const char *text, size_t len, const char *name,
                                const char *const *env, char *out, size_t outlen);
+/* The same for a file read as the library reads it: `path` (NULL: AARP_CONF of `env`, else
+ * /etc/aarp.conf), then `env`. */
+AARP_API int aarp_config_check_load(const char *path, const char *const *env, char *out,
+                                    size_t outlen);
 
 /* The message codec (spec/aarp.md), shared vectors: tests/vectors/aarp/messages.json. */
 struct aarp_message {

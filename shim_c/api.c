@@ -126,12 +126,25 @@ const char *aarp_config_error(void)
     return config_get()->error;
 }
 
+static int check_result(struct aarp_config *c, const char *err, char *out, size_t outlen);
+
 int aarp_config_check(const char *text, size_t len, const char *name, const char *const *env,
                       char *out, size_t outlen)
 {
-    char err[700];
+    char err[sizeof ((struct aarp_config *)0)->error];
     struct aarp_config *c = config_parse_text(text ? text : "", text ? len : 0,
                                               name ? name : "aarp.conf", env, err, sizeof err);
+    return check_result(c, err, out, outlen);
+}
+
+int aarp_config_check_load(const char *path, const char *const *env, char *out, size_t outlen)
+{
+    char err[sizeof ((struct aarp_config *)0)->error];
+    return check_result(config_load_env(path, env, err, sizeof err), err, out, outlen);
+}
+
+static int check_result(struct aarp_config *c, const char *err, char *out, size_t outlen)
+{
     if (!c) {
         snprintf(out, outlen, "out of memory");
         return -1;

@@ -73,9 +73,11 @@ struct aarp_config {
     int key_len;
     uint8_t key[64];
     int key_id;
-    char source[256]; /* the file read, or "" */
+    int nonblock_wait_ms;  /* the longest a non-blocking call waits for an answer */
+    char host_cache[128];  /* directory of the host cache, "" when off */
+    char source[4096];     /* the file read, or "" */
     struct aarp_config *retired; /* configs this one replaced (kept alive) */
-    char error[700];             /* why it is disabled, when broken */
+    char error[4400];            /* why it is disabled, when broken */
 };
 
 /* Parse the file named by AARP_CONF (or /etc/aarp.conf) plus the environment. Returns a new
@@ -83,6 +85,9 @@ struct aarp_config {
  * one-line reason. `env` is a getenv-like lookup so tests can feed their own. */
 struct aarp_config *config_load(const char *path_override, char *err, size_t errlen);
 void config_free(struct aarp_config *c);
+/* Like config_load, with the environment `env` ("KEY=value" strings) instead of the real one. */
+struct aarp_config *config_load_env(const char *path, const char *const *env, char *err,
+                                    size_t errlen);
 struct aarp_config *config_parse_text(const char *text, size_t len, const char *name,
                                       const char *const *env, char *err, size_t errlen);
 int config_is_anycast(const struct aarp_config *c, const struct ipaddr *a);

@@ -69,9 +69,18 @@ def _check_range(name: str, value: int | float | None, lo: float, hi: float) -> 
         raise UsageError(f"{name} must be {lo:g}-{hi:g}")
 
 
+def _check_nameservers(values: list[str] | None) -> None:
+    for value in values or ():
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise UsageError(f"--nameserver '{value}' is not an IP address") from None
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     cfg = aconfig.load(args.config)
-    _check_range("--timeout", args.timeout, 1, 60000)
+    _check_nameservers(args.nameserver)
+    _check_range("--timeout", args.timeout, 1, aconfig.MAX_PROBE_MS)
     _check_range("--retries", args.retries, 0, 10)
     _check_range("--port", args.port, 1, 65535)
     _check_range("--key-id", args.key_id, 0, 255)
@@ -91,6 +100,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         changes["key"] = key
         changes.setdefault("policy", "key")
     cfg = cfg.replace(**changes)
+    if cfg.timeout_ms * (1 + cfg.retries) > aconfig.MAX_PROBE_MS:
+        raise UsageError(f"--timeout x (1 + --retries) must be at most {aconfig.MAX_PROBE_MS} ms "
+                         f"(it is {cfg.timeout_ms} x {1 + cfg.retries})")
     if cfg.policy == "key" and cfg.key is None:
         raise UsageError("policy 'key' needs a key (--key or 'key' in the configuration)")
     return cfg.replace(grace_ms=min(cfg.grace_ms, cfg.timeout_ms))
