@@ -114,6 +114,14 @@ AARP_API void aarp_hostcache_close(void *cache);
 AARP_API int aarp_hostcache_read(const char *dir, struct aarp_host_info *info,
                                  struct aarp_host_entry *out, int max, char *err, size_t errlen);
 
+/* Run argv[0] (searched in PATH) under seccomp supervision (docs/shim.md): its connect,
+ * sendto, sendmsg and getpeername calls to anycast addresses are rewritten from outside.
+ * Returns the program's exit status (128 + signal when killed), or -1 with the reason in err
+ * when it could not be started that way (nothing was run). */
+AARP_API int aarp_supervise(const char *const *argv, char *err, size_t errlen);
+/* 1 if this kernel can do it, else 0 with the reason in err. */
+AARP_API int aarp_supervise_available(char *err, size_t errlen);
+
 /* The message codec (spec/aarp.md), shared vectors: tests/vectors/aarp/messages.json. */
 struct aarp_message {
     int kind;          /* 1 query, 2 answer */

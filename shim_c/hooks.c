@@ -54,7 +54,7 @@ __attribute__((constructor)) static void aarp_init(void)
 
 /* TCP, SCTP, MPTCP, UDP and UDP-Lite sockets are pinned; ICMP ping sockets, raw sockets
  * (ping AA must stay ping AA) and everything else are not. */
-static int pinnable_kind(int type, int proto)
+int pinnable_kind(int type, int proto)
 {
     type &= 0xf; /* without SOCK_NONBLOCK / SOCK_CLOEXEC */
     if (type == SOCK_STREAM || type == SOCK_SEQPACKET)

@@ -290,6 +290,9 @@ void fdstate_fork_prepare(void);
 void fdstate_fork_parent(void);
 void fdstate_fork_child(void);
 
+/* TCP, SCTP, MPTCP, UDP and UDP-Lite (SO_TYPE, SO_PROTOCOL): the sockets that get pinned. */
+int pinnable_kind(int type, int proto);
+
 /* Thread-local guard: set while the library works for a caller, so nothing re-enters it. */
 extern __thread int aarp_busy __attribute__((tls_model("initial-exec")));
 

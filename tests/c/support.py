@@ -50,6 +50,29 @@ def build(name: str, compiler: str = "gcc", flags: Sequence[str] = (),
     return exe
 
 
+def build_go(name: str) -> Path:
+    """Compile tests/c/<name>.go (standard library only, no network) once per source."""
+    go = shutil.which("go")
+    if go is None:
+        raise FileNotFoundError("go")
+    src = HERE / f"{name}.go"
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
+    BUILD_DIR.mkdir(mode=0o755, exist_ok=True)
+    exe = BUILD_DIR / f"{name}-go-{digest}"
+    if not exe.exists():
+        home = BUILD_DIR / "go-home"
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
+               "GOCACHE": str(home / "cache"), "GOPATH": str(home / "path"),
+               "GOTOOLCHAIN": "local", "GOPROXY": "off", "GOFLAGS": "-mod=mod",
+               "CGO_ENABLED": "0"}
+        tmp = exe.with_name(f"{exe.name}.{os.getpid()}.tmp")
+        subprocess.run([go, "build", "-o", str(tmp), str(src)], check=True, cwd=BUILD_DIR,
+                       capture_output=True, text=True, env=env, timeout=600)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, exe)
+    return exe
+
+
 def build_library(compiler: str, flags: Sequence[str], name: str) -> Path:
     """libaarp.so built from shim_c/ with extra flags (sanitizers), for memory tests."""
     sources = sorted((ROOT / "shim_c").glob("*.c"))
@@ -116,5 +139,6 @@ def have(program: str) -> bool:
     return shutil.which(program) is not None
 
 
-__all__ = ["AA4", "AA6", "AK6", "ANYCAST", "WHOAMI_PORT", "build", "build_library", "have",
+__all__ = ["AA4", "AA6", "AK6", "ANYCAST", "WHOAMI_PORT", "build", "build_go", "build_library",
+           "have",
            "log_lines", "preloaded", "start_responders", "start_whoami"]
