@@ -468,11 +468,12 @@ static int parse_env(struct parse *p, env_lookup get, void *ctx)
             return fail(p, ENV_KEYS[i].var, "out of memory");
         memcpy(buf, raw, n + 1);
         char *value = strip(buf);
-        int rc = *value ? apply_value(p, ENV_KEYS[i].var, ENV_KEYS[i].key, value, 1) : 0;
+        int empty = !*value; /* empty counts as unset */
+        int rc = empty ? 0 : apply_value(p, ENV_KEYS[i].var, ENV_KEYS[i].key, value, 1);
         free(buf);
         if (rc != 0)
             return -1;
-        if (!*value)
+        if (empty)
             continue;
         p->set[ENV_KEYS[i].key] = 1;
         snprintf(p->where[ENV_KEYS[i].key], sizeof p->where[0], "%s", ENV_KEYS[i].var);

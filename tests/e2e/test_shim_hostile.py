@@ -216,7 +216,8 @@ SIGNALLED = r"""
 import signal, socket, sys
 signal.signal(signal.SIGALRM, lambda *a: None)
 signal.setitimer(signal.ITIMER_REAL, 0.2)
-with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as s:
+with socket.socket(socket.AF_INET6) as s:  # blocking: the probe runs in this thread
+    s.connect((sys.argv[1], int(sys.argv[2])))
     print(s.recv(64).decode(), s.getpeername()[0])
 """
 
@@ -225,7 +226,8 @@ FORK_DURING_PROBE = r"""
 import os, socket, sys, threading, time
 aa, port = sys.argv[1], int(sys.argv[2])
 def who():
-    with socket.create_connection((aa, port), timeout=10) as s:
+    with socket.socket(socket.AF_INET6) as s:  # blocking: the probe runs in this thread
+        s.connect((aa, port))
         return s.recv(64).decode()
 t = threading.Thread(target=who)
 t.start()
