@@ -225,9 +225,8 @@ static int acceptable(const struct aarp_config *c, const struct hc_file *f,
     r->expires = s->expires_ms;
     if (s->learned_ms + bound * 1000 < r->expires)
         r->expires = s->learned_ms + bound * 1000;
-    int64_t left = r->expires - now_ms();
-    r->ttl = left > 0 ? (uint32_t)((left + 999) / 1000) : 0;
-    return left > 0;
+    r->ttl = s->ttl < bound ? s->ttl : (uint32_t)bound; /* what it was stored for */
+    return r->expires > now_ms();
 }
 
 enum { ASK_STORED = 0, ASK_NOT_MINE = 1, ASK_REFUSED = 2 };

@@ -116,6 +116,7 @@ int resolve_address(const struct aarp_config *c, const struct ipaddr *aa, struct
     int host = hostcache_resolve(c, aa, r, deadline);
     if (host == HOST_FOUND) {
         cache_complete(aa, r);
+        hostcache_maybe_refresh(c, aa, r);
         *cached = CACHED_HOST;
         return r->state == RES_POSITIVE;
     }
