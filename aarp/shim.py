@@ -168,7 +168,8 @@ def config_text(cfg: Config) -> str:
     lines += [f"allow = {a} {', '.join(str(u) for u in us)}" for a, us in cfg.allow]
     lines += [f"{k} = {getattr(cfg, k)}" for k in (
         "policy", "method", "port", "timeout_ms", "retries", "grace_ms", "ttl_min", "ttl_max",
-        "negative_ttl", "failure_ttl", "key_id")]
+        "negative_ttl", "failure_ttl", "key_id", "nonblock_wait_ms")]
+    lines.append(f"host_cache = {cfg.host_cache or 'off'}")
     if cfg.key is not None:
         lines.append(f"key = {cfg.key.hex()}")
     if cfg.log is not None:
