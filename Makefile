@@ -11,10 +11,11 @@ APT_RUNTIME := iproute2 iputils-ping procps util-linux nftables curl gcc libc6-d
 	python3-venv
 APT_TEST := $(APT_RUNTIME) wget bind9-dnsutils dnsmasq-base netcat-openbsd tcpdump iperf3 \
 	anytun uanytun kamailio sip-tester redis-server valgrind make psmisc ethtool socat clang \
-	libclang-rt-14-dev openssl golang-go
+	libclang-rt-14-dev openssl bird2 exabgp golang-go
 APT_BENCH := $(APT_TEST) rtpengine-daemon linux-perf
-# The demo's chapters run uanytun (tunnels), Kamailio + SIPp (relay mode), Redis (cluster).
-APT_DEMO := $(APT_RUNTIME) uanytun kamailio sip-tester redis-server
+# The demo's chapters run uanytun (tunnels), Kamailio + SIPp (relay mode), Redis (cluster),
+# BIRD 2 (the router) and ExaBGP (the nodes announcing the anycast prefixes).
+APT_DEMO := $(APT_RUNTIME) uanytun kamailio sip-tester redis-server bird2 exabgp
 
 .PHONY: help deps-runtime deps-test deps-bench deps-demo venv build install demo test test-unit lint \
 	bench clean
@@ -22,7 +23,7 @@ APT_DEMO := $(APT_RUNTIME) uanytun kamailio sip-tester redis-server
 help:
 	@echo "make demo     install what is needed and run the anycast lab demo"
 	@echo "make test     install test dependencies and run the whole suite"
-	@echo "make lint     ruff over the Python code"
+	@echo "make lint     ruff over the Python code, and the import layers (lint-imports)"
 	@echo "make bench    benchmarks against the real peers (prints ratios)"
 	@echo "make install  install the package and put libaarp.so into $(PREFIX)/lib"
 
@@ -64,6 +65,7 @@ demo: deps-demo build
 
 lint: venv
 	$(VENV)/bin/ruff check aarp relay tests bench lab demo setup.py
+	$(VENV)/bin/lint-imports
 
 test: deps-test build lint
 	$(VENV)/bin/pytest -n 2 --dist loadgroup tests
