@@ -43,6 +43,9 @@ def _elf(data: bytes) -> tuple[bool, bool] | None:
         phoff, shoff = struct.unpack_from(end + "II", data, 0x1C)
         phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from(end + "HHHHH", data,
                                                                           0x2A)
+    e_type = struct.unpack_from(end + "H", data, 0x10)[0]
+    if e_type not in (2, 3) or not phnum or phoff + phnum * phentsize > len(data):
+        return None  # not an executable whose headers we can read: judge nothing
     interp = False
     for i in range(phnum):
         off = phoff + i * phentsize

@@ -202,6 +202,8 @@ struct resolution {
 };
 
 enum { CACHE_HIT = 0, CACHE_CLAIMED = 1, CACHE_TIMEOUT = 2 };
+/* A live entry (HIT), or the claim to probe (CLAIMED), or TIMEOUT when another thread's probe
+ * has not finished by `wait_until` (monotonic ms; 0: do not wait at all). */
 int cache_acquire(const struct ipaddr *aa, struct resolution *out, int64_t wait_until);
 void cache_complete(const struct ipaddr *aa, const struct resolution *r);
 void cache_abandon(const struct ipaddr *aa);

@@ -94,9 +94,14 @@ def build_library(compiler: str, flags: Sequence[str], name: str) -> Path:
 
 def preloaded(argv: Sequence[str], library: Path | None = None, **aarp: str) -> list[str]:
     """`argv` run through env(1) with libaarp.so preloaded and AARP_* settings; only the
-    program itself gets them (not `ip netns exec` around it). AARP_ANYCAST and AARP_CONF get
-    test defaults unless given; a value of None removes a variable."""
-    settings = {"AARP_CONF": "/dev/null", "AARP_ANYCAST": ANYCAST, **aarp}
+    program itself gets them (not `ip netns exec` around it). AARP_ANYCAST, AARP_CONF,
+    AARP_NONBLOCK_WAIT_MS and AARP_HOST_CACHE get test defaults unless given; a value of None
+    removes a variable."""
+    settings = {"AARP_CONF": "/dev/null", "AARP_ANYCAST": ANYCAST,
+                # Non-blocking programs (curl, dig, asyncio) pin their first connection only
+                # if the answer comes within this bound; the default 20 ms is not enough on a
+                # loaded test machine. Tests of the bound itself set it.
+                "AARP_NONBLOCK_WAIT_MS": "1000", "AARP_HOST_CACHE": "off", **aarp}
     assigns = [f"{k}={v}" for k, v in settings.items() if v is not None]
     lib = library or shim.library_path()
     return ["env", f"LD_PRELOAD={lib}", *assigns, *argv]
