@@ -182,7 +182,11 @@ async def main():
         except BlockingIOError:
             pass
         calls.append(time.monotonic() - t0)
-        await loop.sock_connect(s, (addr, port))
+        done = loop.create_future()  # what an event loop does: wait until writable
+        loop.add_writer(s.fileno(), done.set_result, None)
+        await done
+        loop.remove_writer(s.fileno())
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
         s.close()
         await asyncio.sleep(0.01)
     stop = True

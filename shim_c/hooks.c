@@ -132,6 +132,10 @@ static int pin(int fd, const struct sockaddr *sa, socklen_t len, struct sockaddr
         LOGD("%s fd %d: %s: not a TCP/UDP socket: unchanged", call, fd, aa_text);
         goto out;
     } else if (!resolve_address(c, &v.ip, &r, &cached, fd, flags)) {
+        /* Late for a non-blocking call: this socket stays with AA, so a connect() called
+         * again while the handshake runs, or the next datagram, does not wait again. */
+        if (cached == CACHED_LATE)
+            fdstate_remember(fd, &v.ip, &v.ip);
         LOGD("%s fd %d: %s: %s: unchanged", call, fd, aa_text,
              cached == CACHED_LATE ? "non-blocking, no answer within nonblock_wait_ms "
                                      "(the probe goes on)"

@@ -104,7 +104,7 @@ int resolve_address(const struct aarp_config *c, const struct ipaddr *aa, struct
     if (rc == CACHE_TIMEOUT) { /* another thread probes: wait for it, within our bound */
         rc = cache_acquire(aa, r, deadline);
         if (rc == CACHE_HIT) {
-            *cached = CACHED_PROCESS;
+            *cached = r->from_host ? CACHED_HOST : CACHED_PROCESS;
             return r->state == RES_POSITIVE;
         }
         if (rc == CACHE_TIMEOUT) {
@@ -134,6 +134,8 @@ int resolve_address(const struct aarp_config *c, const struct ipaddr *aa, struct
         rc = cache_acquire(aa, r, deadline);
         if (rc == CACHE_HIT)
             return r->state == RES_POSITIVE; /* answered within the bound: a probe, not cached */
+        if (rc == CACHE_CLAIMED) /* the answer came and was not to be kept (ttl 0) */
+            cache_abandon(aa);
         *cached = CACHED_LATE;
         return fail_open(r);
     }
