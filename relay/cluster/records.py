@@ -38,7 +38,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-LWW_KINDS = ("connection", "endpoint", "route", "session", "translation", "node")
+LWW_KINDS = ("connection", "endpoint", "route", "session", "translation", "node", "tcpconn",
+             "tcpnode")
 JOIN_KINDS = ("progress",)
 KINDS = LWW_KINDS + JOIN_KINDS
 SEQ_SPACE = 1 << 32
