@@ -125,21 +125,20 @@ def nft_script(layout: Layout, peers: list[Peer]) -> str:
         saddr, daddr = f"{fam} saddr", f"{fam} daddr"
         aas = layout.addresses(family)
         pre: list[str] = []
-        if family == layout.underlay:
-            src = f" {saddr} != {{ {_elements(members)} }}" if members else ""
-            pre.append(f"udp dport {layout.udp_port} {daddr} {layout.address}{src} "
-                       "counter name refused_link drop")
         lines = [f"table {fam} {NFT_TABLE} {{}}", f"delete table {fam} {NFT_TABLE}",
                  f"table {fam} {NFT_TABLE} {{"]
         for name in ("handed_in", "refused_in", "held", "silenced", "refused_link"):
             lines.append(f"  counter {name} {{ }}")
+        if family == layout.underlay:
+            lines += ["  chain link {", f"    {_link_rule(layout, members)}", "  }"]
+            pre.append("jump link")
         if aas:
             key = _key_type(family)
             tup_in = f"{saddr} . tcp sport . tcp dport"
             tup_out = f"{daddr} . tcp dport . tcp sport"
             clamp = layout.link_mtu - (40 if family == 4 else 60)
-            guard = f"  set guard {{ type inet_service; elements = {{ {_elements(layout.guard)} }} }}" \
-                if layout.guard else "  set guard { type inet_service; }"
+            elems = f" elements = {{ {_elements(layout.guard)} }};" if layout.guard else ""
+            guard = f"  set guard {{ type inet_service;{elems} }}"
             lines += [
                 f"  set ports {{ type inet_service; elements = {{ {_elements(layout.ports)} }} }}",
                 guard,
@@ -189,6 +188,19 @@ def nft_script(layout: Layout, peers: list[Peer]) -> str:
                   *(f"    {r}" for r in pre), "  }", "}"]
         out.append("\n".join(lines) + "\n")
     return "".join(out)
+
+
+def _link_rule(layout: Layout, members: list[str]) -> str:
+    fam = _fam(layout.underlay)
+    src = f" {fam} saddr != {{ {_elements(members)} }}" if members else ""
+    return (f"udp dport {layout.udp_port} {fam} daddr {layout.address}{src} "
+            "counter name refused_link drop")
+
+
+def link_filter(layout: Layout, members: list[str]) -> str:
+    """Only the members may send VXLAN to this node (replaces the rule of chain `link`)."""
+    name = f"{_fam(layout.underlay)} {NFT_TABLE} link"
+    return f"flush chain {name}\nadd rule {name} {_link_rule(layout, members)}\n"
 
 
 def chain_update(layout: Layout, peer: Peer, create: bool) -> str:

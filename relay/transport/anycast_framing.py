@@ -69,8 +69,17 @@ class Deframer:
     Frames longer than `max_body` are taken for a lost boundary (a candidate can then hold
     the search up by at most that many bytes)."""
 
-    __slots__ = ("_buf", "_synced", "_verify", "max_body", "keepalives", "peer_interval_ms",
-                 "resyncs", "skipped", "frames")
+    __slots__ = (
+        "_buf",
+        "_synced",
+        "_verify",
+        "frames",
+        "keepalives",
+        "max_body",
+        "peer_interval_ms",
+        "resyncs",
+        "skipped",
+    )
 
     def __init__(self, verify: Verify | None = None, *, synced: bool = True,
                  max_body: int = MAX_BODY) -> None:
@@ -143,7 +152,7 @@ class Deframer:
         buf = self._buf
         n = len(buf)
         at = buf.find(MARKER, pos)
-        while 0 <= at:
+        while at >= 0:
             if n - at < HEADER.size:
                 return False, at
             size = self._size(at)
