@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aarp.ops_http import OpsHttpServer
 from relay.cluster import node as cluster_node
 from relay.cluster.settings import ClusterSettings
 from relay.rtpproxy.server import RelayConfig, RtpproxyService
 from relay.runtime.control import ControlServer
 from relay.runtime.daemon import Service
 from relay.runtime.errors import ConfigError
+from relay.runtime.health import HttpService, NodeHealth
 from relay.runtime.process import ProcessSettings
 from relay.tunnel import peer, server
 from relay.tunnel.node import TunnelNode
@@ -29,6 +31,7 @@ class Settings:
     relay: RelayConfig | None = None
     cluster: ClusterSettings | None = None
     control_socket: str | None = None     # --control-socket; else the tunnel's, else abstract
+    http_listen: tuple[str, int] | None = None   # --http-listen: GET /health
 
 
 def build_tunnel(settings: TunnelSettings) -> TunnelNode:
@@ -57,9 +60,16 @@ def build(settings: Settings) -> list[Service]:
                 services.append(anycast_tcp)
     if relay is not None:
         services.append(relay)
+    health = NodeHealth(list(services))
+    if settings.http_listen is not None:
+        http = OpsHttpServer(*settings.http_listen)
+        health.attach_http(http)
+        services.append(HttpService(http))
     path = settings.control_socket or (tunnel.settings.node.control_socket if tunnel else None)
     others = list(services)
-    services.append(ControlServer(tunnel.device_name if tunnel else lambda: "rtpproxy",
-                                  lambda: {s.name: s.status() for s in others},
-                                  tunnel.reload if tunnel else None, path))
+    control = ControlServer(tunnel.device_name if tunnel else lambda: "rtpproxy",
+                            lambda: {s.name: s.status() for s in others},
+                            tunnel.reload if tunnel else None, path)
+    control.node_health = health
+    services.append(control)
     return services

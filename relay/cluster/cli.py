@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-M", "--sync-hosts", metavar="HOST[:PORT][,...]",
                    help=f"anytun sync protocol: read from these anytun -S listeners (default "
                    f"port {DEFAULT_PORT}); keys travel in clear")
+    g.add_argument("--health-needs-sync", action="store_true",
+                   help="report this node unhealthy (so announcers withdraw its anycast "
+                   "prefixes) while the --sync backend is unreachable")
     h = parser.add_argument_group("open tunnel mode across nodes (needs --sync redis://...)")
     h.add_argument("--handover", metavar="ADDR",
                    help="this node's unicast address: translate clients' flows into this "
@@ -87,11 +90,11 @@ ANYCAST_TCP_OPTIONS = ("anycast_tcp", "anycast_tcp_address", "anycast_tcp_ports"
                        "anycast_tcp_timeout", "anycast_tcp_vni", "anycast_tcp_udp_port")
 _OPTIONS = ("sync", "sync_port", "sync_hosts", "sync_interface", "cluster_key_file",
             "sync_node", "sync_password_file", "sync_tls_ca", "sync_tls_cert", "sync_tls_key",
-            *HANDOVER_OPTIONS, *ANYCAST_TCP_OPTIONS)
+            "health_needs_sync", *HANDOVER_OPTIONS, *ANYCAST_TCP_OPTIONS)
 
 
 def requested(args: argparse.Namespace) -> bool:
-    return any(getattr(args, d, None) not in (None, []) for d in _OPTIONS)
+    return any(getattr(args, d, None) not in (None, [], False) for d in _OPTIONS)
 
 
 def _read_secret(path: str, what: str) -> str:
@@ -236,4 +239,5 @@ def settings_from_args(args: argparse.Namespace) -> ClusterSettings | None:
         except ValueError as exc:
             raise ConfigError(f"-M: {exc}") from None
     return ClusterSettings(args.sync_node, redis, key, listen, peers, _handover(args),
-                           _anycast_tcp(args, key, redis))
+                           health_needs_sync=args.health_needs_sync,
+                           anycast_tcp=_anycast_tcp(args, key, redis))
