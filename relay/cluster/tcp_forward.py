@@ -260,16 +260,16 @@ def link_commands(layout: Layout, old: list[Peer], new: list[Peer]
             continue
         bridge.append(f"fdb del {mac_of(sid)} dev {dev} self")
         for f, hop in fams:
-            ip.append(f"-{f} route del {hop(sid)} table {table}")
-            ip.append(f"-{f} neigh del {hop(sid)} dev {dev}")
+            ip.append(f"route del {hop(sid)} table {table}")
+            ip.append(f"neigh del {hop(sid)} dev {dev}")
     for sid, addr in now.items():
         if before.get(sid) == addr:
             continue
         bridge.append(f"fdb replace {mac_of(sid)} dev {dev} dst {addr} self permanent")
         for f, hop in fams:
             h = hop(sid)
-            ip.append(f"-{f} neigh replace {h} lladdr {mac_of(sid)} dev {dev} nud permanent")
-            ip.append(f"-{f} route replace {h} via {h} dev {dev}"
+            ip.append(f"neigh replace {h} lladdr {mac_of(sid)} dev {dev} nud permanent")
+            ip.append(f"route replace {h} via {h} dev {dev}"
                       f"{' onlink' if f == 4 else ''} table {table}")
     return ip, bridge
 

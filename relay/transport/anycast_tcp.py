@@ -29,6 +29,7 @@ from collections.abc import Callable
 from relay.transport import Deliver
 from relay.transport.anycast_framing import Deframer, Verify, frame, keepalive
 from relay.transport.remote import Remote
+from relay.transport.tcp import Resolve
 
 log = logging.getLogger("anytun-relay.anycast-tcp")
 
@@ -132,7 +133,7 @@ class AnycastTcpTransport:
     """Server (`listen`) or client (`connect`) of full anycast TCP."""
 
     def __init__(self, *, listen: tuple[str | None, int] | None = None,
-                 connect: tuple[str, int] | None = None,
+                 connect: Resolve | None = None,
                  keepalive: float = DEFAULT_KEEPALIVE, verify: Verify | None = None,
                  max_datagram: int = 0xFFFF,
                  on_connected: Callable[[Remote | None], None] | None = None,
@@ -241,10 +242,11 @@ class AnycastTcpTransport:
     async def _client_loop(self) -> None:
         assert self.connect is not None
         loop = asyncio.get_running_loop()
-        host, port = self.connect
         delay = RECONNECT_MIN
+        host, port = "?", 0
         while True:
             try:
+                host, port = await self.connect()
                 _, stream = await asyncio.wait_for(
                     loop.create_connection(lambda: _Stream(self), host, port), 10)
             except (TimeoutError, OSError) as exc:
