@@ -148,6 +148,7 @@ def nft_script(layout: Layout, peers: list[Peer]) -> str:
                 "  chain svc_in {",
                 f"    {tup_in} @mine accept",
                 f"    tcp flags & (syn|rst) == 0 {tup_in} @half add @mine {{ {tup_in} }} "
+                f"delete @half {{ {tup_in} }} "
                 f'log prefix "{LOG_EST}" group {layout.group} snaplen 128 accept',
                 f'    iifname "{layout.device}" counter name refused_in drop',
                 f"    tcp flags & (syn|ack|fin|rst) == syn limit rate {HANDSHAKE_RATE}/second "
@@ -155,6 +156,12 @@ def nft_script(layout: Layout, peers: list[Peer]) -> str:
                 "    tcp flags & (syn|ack|fin|rst) == syn accept",
                 f"    {tup_in} vmap @peers",
                 "    jump hold",
+                "  }",
+                # never jumped to: a tproxy expression makes the kernel reassemble fragments
+                # before prerouting, so a node hands over whole segments (or, when the
+                # fragments split between nodes, none: no node gets them all)
+                "  chain defrag {",
+                "    meta l4proto tcp tproxy to :1",
                 "  }",
                 "  chain hold {",
                 f'    limit rate {HOLD_RATE}/second log prefix "{LOG_HOLD}" group '
@@ -259,7 +266,7 @@ def link_commands(layout: Layout, old: list[Peer], new: list[Peer]
         if now.get(sid) == addr:
             continue
         bridge.append(f"fdb del {mac_of(sid)} dev {dev} self")
-        for f, hop in fams:
+        for _, hop in fams:
             ip.append(f"route del {hop(sid)} table {table}")
             ip.append(f"neigh del {hop(sid)} dev {dev}")
     for sid, addr in now.items():

@@ -9,6 +9,7 @@ connections, and records forged or replayed, change nothing."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -47,8 +48,10 @@ RST_COUNTER = """
 table ip atcp_watch {
   counter rst_in { }
   counter rst_out { }
+  counter answers { }
   chain input { type filter hook input priority 0; policy accept;
-    ip saddr 10.255.0.1 tcp flags rst counter name rst_in; }
+    ip saddr 10.255.0.1 tcp flags rst counter name rst_in
+    ip saddr 10.255.0.1 tcp dport 40000-40999 counter name answers; }
   chain output { type filter hook output priority 0; policy accept;
     ip daddr 10.255.0.1 tcp flags rst counter name rst_out; }
 }
@@ -112,11 +115,15 @@ class Cluster:
         st = tu.tunnel_status(self.lab.client, "tun8")
         return next(t for t in st["transports"] if t["kind"] == "anycast-tcp")
 
-    def rsts(self) -> int:
+    def watched(self) -> dict[str, int]:
         out = self.lab.client.run(["nft", "-j", "list", "counters", "table", "ip",
                                    "atcp_watch"]).stdout
-        return sum(i["counter"]["packets"] for i in json.loads(out)["nftables"]
-                   if "counter" in i)
+        return {i["counter"]["name"]: i["counter"]["packets"]
+                for i in json.loads(out)["nftables"] if "counter" in i}
+
+    def rsts(self) -> int:
+        w = self.watched()
+        return w["rst_in"] + w["rst_out"]
 
     def move(self, j: int) -> None:
         """The anycast route, and the route back to the tunnel's inner addresses."""
@@ -167,7 +174,7 @@ class Pinger:
         sent, got = int(line.split()[0]), int(line.split(",")[1].split()[0])
         stamps = [float(ln[1:ln.index("]")]) for ln in out.splitlines()
                   if ln.startswith("[") and "bytes from" in ln]
-        gap = max((b - a for a, b in zip(stamps, stamps[1:], strict=False)), default=0.0)
+        gap = max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
         return sent, got, gap
 
 
@@ -215,3 +222,316 @@ def test_tunnel_survives_route_moves_while_the_owner_lives(cluster: Cluster) -> 
     handed_now = (cluster.status(1) or {})["kernel"]["handed_in"]["packets"]
     assert handed_now > handed, "node 2 handed nothing to node 1"
     assert sent - got <= 6, f"{sent - got} of {sent} pings lost"
+
+
+def test_tunnel_is_taken_over_when_its_node_is_killed(cluster: Cluster) -> None:
+    lab = cluster.lab
+    before = cluster.client_transport()
+    rsts = cluster.rsts()
+    taken = (cluster.status(2) or {})["events"].get("taken_over", 0)
+    lab.limit(lab.hosts[0], "12mbit")
+    errors: list = []
+    try:
+        pinger = Pinger(lab.client, cluster.host.ip4, 6.0)
+        t = _background_transfer(lab.client, cluster.host, cluster.host.ip4, 3_000_000,
+                                 errors, 5002)
+        time.sleep(1.5)
+        cluster.kill_node(1)
+        cluster.move(2)
+        t.join(90)
+        sent, got, gap = pinger.result()
+    finally:
+        lab.unlimit(lab.hosts[0])
+    assert not errors, errors
+    st2 = cluster.status(2) or {}
+    after = cluster.client_transport()
+    print(f"anycast-tcp, owner killed: took over after {gap * 1000:.0f} ms without replies; "
+          f"{sent - got} of {sent} pings lost; client stream resynced {after['resyncs']} "
+          f"times, skipped {after['skipped_bytes']} bytes")
+    assert st2["events"].get("taken_over", 0) == taken + 1, st2["events"]
+    assert after["connects"] == before["connects"] == 1, "the client reconnected"
+    assert after["local"] == before["local"], "the client's TCP socket changed"
+    assert cluster.rsts() == rsts, "a reset reached the client's link"
+    assert gap < 10, f"no reply for {gap:.1f}s"
+    # node 1 comes back; the connection stays with node 2, which now holds it
+    cluster.start_node(1)
+    cluster.move(1)
+    try:
+        tu.wait_for(lambda: any(m["node"] == "s1" and m["state"] == "alive"
+                                for m in (cluster.status(2) or {}).get("members", [])), 10,
+                    "node 1 to be back")
+        assert tu.ping(lab.client, "10.8.0.1", count=10, interval=0.05) == 10
+    finally:
+        cluster.move(1)
+
+
+@pytest.fixture(scope="module")
+def website(cluster: Cluster) -> Iterator[bytes]:
+    """The same 6 MB file served over HTTP on the anycast address by both nodes (any TCP
+    service: Python's http.server, no shim, nothing of ours in it)."""
+    d = cluster.tmp / "www"
+    blob = make_blob(d / "blob", 6_000_000).read_bytes()
+    servers = [cluster.lab.server(j).popen(
+        [sys.executable, "-m", "http.server", "--bind", AA4, "--directory", str(d),
+         str(HTTP_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for j in (1, 2)]
+    for j in (1, 2):
+        wait_port(cluster.lab.server(j), HTTP_PORT)
+    yield blob
+    for p in servers:
+        tu.stop(p)
+
+
+def test_plain_curl_downloads_across_a_route_move(cluster: Cluster, website: bytes) -> None:
+    lab = cluster.lab
+    require_program("curl")
+    rsts = cluster.rsts()
+    handed = (cluster.status(1) or {})["kernel"]["handed_in"]["packets"]
+    out = cluster.tmp / "got"
+    lab.limit(lab.client, "16mbit")
+    try:
+        cluster.move(1)
+        curl = lab.client.popen(["curl", "-sS", "--max-time", "60", "-o", str(out),
+                                 f"http://{AA4}/blob"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        cluster.move(2)
+        _, err = curl.communicate(timeout=90)
+    finally:
+        lab.unlimit(lab.client)
+        cluster.move(1)
+    assert curl.returncode == 0, err
+    assert out.read_bytes() == website, "the download is not intact"
+    handed_now = (cluster.status(1) or {})["kernel"]["handed_in"]["packets"]
+    print(f"curl across a move: node 2 handed {handed_now - handed} segments to node 1")
+    assert handed_now - handed > 100, "the download did not cross node 2"
+    assert cluster.rsts() == rsts
+
+
+def test_a_service_port_that_is_not_kept_is_reset_by_the_move(cluster: Cluster,
+                                                              website: bytes) -> None:
+    """The control: the same download from a port the cluster does not keep breaks when the
+    route moves (node 2's kernel knows nothing of the connection and resets it)."""
+    lab = cluster.lab
+    d = cluster.tmp / "www"
+    servers = [lab.server(j).popen(
+        [sys.executable, "-m", "http.server", "--bind", AA4, "--directory", str(d), "8080"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for j in (1, 2)]
+    lab.limit(lab.client, "16mbit")
+    try:
+        for j in (1, 2):
+            wait_port(lab.server(j), 8080)
+        cluster.move(1)
+        curl = lab.client.popen(["curl", "-sS", "--max-time", "30", "-o", "/dev/null",
+                                 f"http://{AA4}:8080/blob"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        cluster.move(2)
+        _, err = curl.communicate(timeout=60)
+    finally:
+        lab.unlimit(lab.client)
+        cluster.move(1)
+        for p in servers:
+            tu.stop(p)
+    assert curl.returncode != 0 and "reset" in err.lower(), err
+
+
+SEGMENT = """
+import socket, struct, sys
+from relay.cluster.tcp_owner import tcp_checksum
+src, sport, dst, dport = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+tcp = struct.pack("!HHIIBBHHH", sport, dport, 123456, 654321, 5 << 4, 0x18, 502, 0, 0)
+tcp += b"not a connection of anybody" * 4
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 4242, 0x4000, 64, 6, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for _ in range(3):
+    s.sendto(tcp_checksum(ip + tcp), (dst, 0))
+"""
+
+
+def _segment(cluster: Cluster, sport: int, dport: int) -> None:
+    cluster.lab.client.run([sys.executable, "-c", SEGMENT, cluster.lab.client.ip4,
+                            str(sport), AA4, str(dport)])
+
+
+def _sockets(cluster: Cluster, j: int, port: int) -> str:
+    return cluster.lab.server(j).run(["ss", "-Htan", f"dport = :{port}"]).stdout.strip()
+
+
+def test_a_segment_of_no_known_connection_gets_no_state_and_no_answer(cluster: Cluster
+                                                                      ) -> None:
+    cluster.move(1)
+    before = (cluster.status(1) or {})["events"]
+    answers = cluster.watched()["answers"]
+    for sport, dport in ((40010, TUNNEL_PORT), (40011, HTTP_PORT)):
+        _segment(cluster, sport, dport)
+    tu.wait_for(lambda: (cluster.status(1) or {})["events"].get("unknown", 0)
+                >= before.get("unknown", 0) + 2, 5, "the segments to be judged")
+    time.sleep(0.5)
+    after = (cluster.status(1) or {})["events"]
+    assert after.get("taken_over", 0) == before.get("taken_over", 0)
+    assert cluster.watched()["answers"] == answers, "an unknown segment was answered"
+    for port in (40010, 40011):
+        assert not _sockets(cluster, 1, port), "a socket was created"
+        assert cluster.redis("hget", "anytun:rec:tcpconn",
+                             f"{AA4}:{TUNNEL_PORT}/{cluster.lab.client.ip4}:{port}") == "\n"
+
+
+def _publish(cluster: Cluster, rec: dict) -> None:
+    cluster.redis("publish", "anytun:changes", json.dumps(rec))
+
+
+SHORT = """
+import socket, sys
+s = socket.socket(); s.bind(("", int(sys.argv[3]))); s.connect((sys.argv[1], int(sys.argv[2])))
+s.sendall(b"hello"); s.shutdown(socket.SHUT_WR); s.recv(10); s.close()
+"""
+ONE_SHOT = """
+import socket, sys
+l = socket.create_server((sys.argv[1], int(sys.argv[2]))); print("ready", flush=True)
+c, _ = l.accept()
+while c.recv(100):
+    pass
+c.close()
+"""
+
+
+def test_forged_and_replayed_takeover_records_are_refused(cluster: Cluster) -> None:
+    from relay.cluster import tcp_owner as to
+    from relay.cluster.records import Version
+    from relay.cluster.secrets import ClusterKey
+    lab = cluster.lab
+    cluster.move(1)
+    cli = lab.client.ip4
+    ev = lambda: (cluster.status(1) or {})["events"]   # noqa: E731
+    # a genuine record of a connection that ended: captured while it lived
+    sink = lab.server(1).popen([sys.executable, "-c", ONE_SHOT, AA4, str(SINK_PORT)],
+                               stdout=subprocess.PIPE, text=True)
+    assert sink.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+    key = f"{AA4}:{SINK_PORT}/{cli}:40020"
+    lab.client.run([sys.executable, "-c", SHORT, AA4, str(SINK_PORT), "40020"])
+    sink.wait(10)
+    genuine = json.loads(tu.wait_for(lambda: cluster.redis(
+        "hget", "anytun:rec:tcpconn", key).strip(), 5, "the record"))
+    assert genuine["d"]["owner"] == "s1" and genuine["d"]["hs"] is not None
+    tu.wait_for(lambda: json.loads(cluster.redis("hget", "anytun:rec:tcpconn", key))["d"]
+                is None, 15, "the record to be deleted when the connection ended")
+    before = ev()
+    # 1. replayed as it was: the delete is newer, the store keeps it
+    _publish(cluster, genuine)
+    # 2. replayed under a newer version: the tag covers the version
+    _publish(cluster, {**genuine, "t": genuine["t"] + 60_000})
+    # 3. forged for another connection: signed without the cluster key
+    now = int(time.time() * 1000)
+    flow = to.Flow(AA4, TUNNEL_PORT, cli, 40021)
+    v = Version(now + 60_000, "mallory")
+    hs = to.Handshake(1460, 7, 7, True, True, True, 1, now)
+    data = to.sign("tcpconn", flow.key, v, to.conn_data("ghost", hs),
+                   ClusterKey.from_text("not the cluster key, but long"))
+    _publish(cluster, {"k": "tcpconn", "id": flow.key, "t": v.stamp, "n": v.node, "d": data})
+    # 4. the tag of a genuine record moved onto another connection
+    _publish(cluster, {**genuine, "id": f"{AA4}:{SINK_PORT}/{cli}:40022",
+                       "t": genuine["t"] + 60_000})
+    tu.wait_for(lambda: ev().get("records_refused", 0) >= before.get("records_refused", 0) + 3,
+                5, "the records to be refused")
+    answers = cluster.watched()["answers"]
+    for sport, dport in ((40020, SINK_PORT), (40021, TUNNEL_PORT), (40022, SINK_PORT)):
+        _segment(cluster, sport, dport)
+    tu.wait_for(lambda: ev().get("unknown", 0) >= before.get("unknown", 0) + 3, 5,
+                "the segments to be judged")
+    time.sleep(0.5)
+    after = ev()
+    assert after.get("taken_over", 0) == before.get("taken_over", 0), after
+    assert cluster.watched()["answers"] == answers
+    for port in (40020, 40021, 40022):
+        assert not _sockets(cluster, 1, port)
+    assert json.loads(cluster.redis("hget", "anytun:rec:tcpconn", key))["d"] is None
+
+
+FRAGMENTS = """
+import hashlib, random, socket, struct, sys, time
+from relay.cluster.tcp_owner import tcp_checksum
+dst, port = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(7)
+first, rest = rnd.randbytes(20000), rnd.randbytes(20000)
+c = socket.create_connection((dst, port))
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+c.sendall(first)
+time.sleep(0.5)
+# where the stream is now (read in repair mode, left without a window probe)
+c.setsockopt(socket.SOL_TCP, 19, 1)
+c.setsockopt(socket.SOL_TCP, 20, 2)
+snd = struct.unpack("=I", c.getsockopt(socket.SOL_TCP, 21, 4))[0]
+c.setsockopt(socket.SOL_TCP, 20, 1)
+rcv = struct.unpack("=I", c.getsockopt(socket.SOL_TCP, 21, 4))[0]
+c.setsockopt(socket.SOL_TCP, 19, -1)
+src, sport = c.getsockname()
+inject = b"X" * 1200
+tcp = struct.pack("!HHIIBBHHH", sport, port, snd, rcv, 5 << 4, 0x18, 502, 0, 0) + inject
+ident = random.SystemRandom().randrange(1, 65536)   # fragments of an earlier run may linger
+whole = tcp_checksum(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), ident, 0, 64, 6, 0,
+                                 socket.inet_aton(src), socket.inet_aton(dst)) + tcp)
+body = whole[20:]
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for n, (off, part, more) in enumerate(((0, body[:608], 1), (76, body[608:], 0)), 1):
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(part), ident, (more << 13) | off, 64,
+                      6, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    print("ready", n, flush=True)
+    sys.stdin.readline()
+    raw.sendto(hdr + part, (dst, 0))
+print("ready 3", flush=True)
+sys.stdin.readline()
+c.sendall(rest)
+c.close()
+sent = hashlib.sha256(first + rest).hexdigest()
+injected = hashlib.sha256(first + inject + rest[len(inject):]).hexdigest()
+print(len(first + rest), sent, injected, flush=True)
+"""
+
+
+def _fragments(cluster: Cluster, routes: tuple[int, int]) -> tuple[list[str], list[str]]:
+    """A segment of a live connection, sent as two IP fragments: the first while the route
+    is at node routes[0], the second at node routes[1]; then the real data."""
+    lab = cluster.lab
+    cluster.move(1)
+    sink = lab.server(1).popen([sys.executable, "-c", tu.SINK, AA4, str(SINK_PORT)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    src = None
+    try:
+        assert sink.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+        src = lab.client.popen([sys.executable, "-c", FRAGMENTS, AA4, str(SINK_PORT)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for step in (1, 2, 3):
+            line = src.stdout.readline()  # type: ignore[union-attr]
+            assert line.split() == ["ready", str(step)], line
+            if step < 3:
+                cluster.move(routes[step - 1])
+                time.sleep(0.2)
+            else:
+                cluster.move(1)
+                time.sleep(0.5)
+            src.stdin.write("go\n")  # type: ignore[union-attr]
+            src.stdin.flush()  # type: ignore[union-attr]
+        sent = src.stdout.readline().split()  # type: ignore[union-attr]
+        got = sink.stdout.readline().split()  # type: ignore[union-attr]
+        return sent, got
+    finally:
+        cluster.move(1)
+        for p in (src, sink):
+            if p is not None:
+                tu.stop(p)
+
+
+def test_fragments_split_between_the_nodes_are_dropped(cluster: Cluster) -> None:
+    sent, got = _fragments(cluster, (1, 2))
+    size, clean, _ = sent
+    assert got == [size, clean], "the split segment was assembled somewhere"
+
+
+def test_fragments_at_one_node_are_reassembled_and_handed_over_whole(cluster: Cluster
+                                                                     ) -> None:
+    """The control: the same two fragments both reach node 2, which reassembles them and
+    hands the segment to node 1 -- so the test above would see an assembled segment."""
+    sent, got = _fragments(cluster, (2, 2))
+    size, _, injected = sent
+    assert got == [size, injected], "the segment did not arrive whole at its node"
