@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
 import subprocess
 import time
@@ -51,6 +52,7 @@ REFRESH_MS = 3_600_000          # an owner signs its records again after an hour
 MAX_AGE_MS = 6 * REFRESH_MS     # ...and the others ignore records older than six hours
 RETRY_AFTER = 1.0               # seconds before a failed takeover of a flow is tried again
 HOLD_LIMIT = 4096               # flows with held segments at once
+PROBE_LIMIT = 4096              # clients asked for a segment when their node dies
 
 
 class Adopter(Protocol):
@@ -396,17 +398,33 @@ class AnycastTcpService:
         members = sorted({p.address for p in want.values()})
         if members != sorted({p.address for p in old}):
             script += tf.link_filter(self.layout, members)
+        died = []
         for sid, peer in want.items():
             have = self.chains.get(sid)
             if have is not None and have.alive != peer.alive:
                 log.warning("anycast TCP: node %d %s: its connections are %s", sid,
                             "lives" if peer.alive else "is dead or drained",
                             "handed to it" if peer.alive else "taken over here")
+                if not peer.alive:
+                    died.append(sid)
         self.chains = dict(want)
         if script:
             await self._nft_now(script)
         for flow, conn in list(self.conns.items()):
             self._place(flow, conn)
+        if died:
+            self._probe({m.node for m in self.members.values() if m.sid in died})
+
+    def _probe(self, owners: set[str]) -> None:
+        """The owner of these connections is gone: ask each client for its next segment now
+        (an ACK it does not expect makes it answer), instead of waiting for its retransmission
+        timer, which has been backing off while the owner was silent. The answer is held here
+        and starts the takeover -- if the route brings it here; elsewhere it is judged there."""
+        flows = [f for f, c in self.conns.items() if c.owner in owners
+                 and c.handshake is not None and f.sport in self.adopters][:PROBE_LIMIT]
+        for flow in flows:
+            seq = int.from_bytes(os.urandom(4), "big")
+            self.counters["probes"] += self.reinjector.send(to.probe_packet(flow, seq))
 
     async def _batch(self, tool: str, lines: list[str]) -> None:
         proc = await asyncio.create_subprocess_exec(

@@ -160,6 +160,23 @@ def tcp_checksum(packet: bytes) -> bytes:
     return bytes(pkt)
 
 
+def probe_packet(flow: Flow, seq: int) -> bytes:
+    """A bare ACK from the service to the client, with a sequence number the client does not
+    expect: the client answers it with an ACK of its own (RFC 9293 3.10.7.4), which carries
+    the client's current sequence numbers."""
+    tcp = struct.pack("!HHIIBBHHH", flow.sport, flow.cport, seq % SEQ_SPACE, 0, 5 << 4, ACK,
+                      0, 0, 0)
+    if flow.family == 4:
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, 64, 6, 0,
+                         ipaddress.IPv4Address(flow.service).packed,
+                         ipaddress.IPv4Address(flow.client).packed)
+    else:
+        ip = struct.pack("!IHBB16s16s", 6 << 28, 20, 6, 64,
+                         ipaddress.IPv6Address(flow.service).packed,
+                         ipaddress.IPv6Address(flow.client).packed)
+    return tcp_checksum(ip + tcp)
+
+
 # -- flows and their constants -------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, order=True)
 class Flow:

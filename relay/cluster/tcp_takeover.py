@@ -93,7 +93,8 @@ def close_silently(sock: socket.socket) -> None:
 
 class Reinjector:
     """Hands held segments back to the local stack: raw IP sockets send them (with the client
-    as source) to the anycast address, which the kernel routes through loopback."""
+    as source) to the anycast address, which the kernel routes through loopback. The same
+    sockets send probes to clients (packets with the anycast address as source)."""
 
     def __init__(self) -> None:
         self._socks: dict[int, socket.socket] = {}
@@ -111,8 +112,8 @@ class Reinjector:
                 sock.setblocking(False)
                 self._socks[family] = sock
             pkt = tcp_checksum(packet)
-            dst = socket.inet_ntop(socket.AF_INET if family == 4 else socket.AF_INET6,
-                                   pkt[16:20] if family == 4 else pkt[24:40])
+            af = socket.AF_INET if family == 4 else socket.AF_INET6
+            dst = socket.inet_ntop(af, pkt[16:20] if family == 4 else pkt[24:40])
             sock.sendto(pkt, (dst, 0))
         except (OSError, IndexError, ValueError):
             return False
