@@ -42,7 +42,8 @@ def build(settings: Settings) -> list[Service]:
     tunnel = build_tunnel(settings.tunnel) if settings.tunnel is not None else None
     relay = RtpproxyService(settings.relay) if settings.relay is not None else None
     if tunnel is None and relay is None:
-        raise ConfigError("nothing to do: configure a tunnel or relay mode (--rtpproxy)")
+        raise ConfigError("nothing to do: configure a tunnel or relay mode "
+                          "(--rtpproxy, --listen-ng)")
     services: list[Service] = []
     handover = anycast_tcp = None
     if settings.cluster is not None:
