@@ -296,16 +296,19 @@ def _proc_addr(text: str) -> str:
     return str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
 
 
-def parse_proc_tcp(text: str, anycast: set[str], ports: set[int]) -> dict[Flow, int]:
-    """Sockets of this network namespace on the service addresses and ports, with their state
-    (listeners and half-open connections left out)."""
-    out: dict[Flow, int] = {}
+def parse_proc_tcp(text: str, anycast: set[str], ports: set[int]
+                   ) -> dict[Flow, tuple[int, bool]]:
+    """Sockets of this network namespace on the service addresses and ports: (state, whether a
+    process holds it -- an orphan of a dead process, or TIME_WAIT, has no inode). Listeners and
+    half-open connections are left out."""
+    out: dict[Flow, tuple[int, bool]] = {}
     for line in text.splitlines()[1:]:
         parts = line.split()
         if len(parts) < 4:
             continue
         try:
             local, remote, state = parts[1], parts[2], int(parts[3], 16)
+            held = len(parts) > 9 and parts[9] != "0"
             lhost, lport = local.split(":")
             rhost, rport = remote.split(":")
             laddr, port = _proc_addr(lhost), int(lport, 16)
@@ -313,5 +316,5 @@ def parse_proc_tcp(text: str, anycast: set[str], ports: set[int]) -> dict[Flow, 
             continue
         if state in (TCP_LISTEN, TCP_SYN_RECV) or port not in ports or laddr not in anycast:
             continue
-        out[Flow(laddr, port, _proc_addr(rhost), int(rport, 16))] = state
+        out[Flow(laddr, port, _proc_addr(rhost), int(rport, 16))] = (state, held)
     return out

@@ -109,7 +109,7 @@ class AnycastTcpService:
         self.chains: dict[int, tf.Peer] = {}         # to_<sid> chains in the kernel
         self.peers_map: dict[to.Flow, int] = {}      # mirror of the kernel's peers map
         self.mine: set[to.Flow] = set()              # mirror of the kernel's mine set
-        self.local: dict[to.Flow, int] = {}          # the kernel's sockets (last scan)
+        self.local: dict[to.Flow, tuple[int, bool]] = {}   # the kernel's sockets (last scan)
         self.missing: set[to.Flow] = set()           # in mine, not seen by the last scan
         self.holding: dict[to.Flow, to.Held] = {}
         self.failed: dict[to.Flow, float] = {}
@@ -147,7 +147,10 @@ class AnycastTcpService:
                                 tuple(sorted(self.adopters)), self.opts.device,
                                 self.opts.udp_port, self.opts.table, self.opts.group,
                                 self.mark, mtu)
-        self._teardown()        # what a crash may have left
+        # what a crash may have left: the link goes, the tables are replaced in one
+        # transaction (removing them first would let the kernel reset, meanwhile, the
+        # connections the crashed process held)
+        self._teardown(tables=False)
         try:
             self._create_link(uplink)
             self.nflog = NflogSocket(self.opts.group)
@@ -227,8 +230,9 @@ class AnycastTcpService:
             self._teardown()
             self._created = False
 
-    def _teardown(self) -> None:
-        _run(["nft", "-f", "-"], tf.nft_teardown())
+    def _teardown(self, tables: bool = True) -> None:
+        if tables:
+            _run(["nft", "-f", "-"], tf.nft_teardown())
         dev, table = self.opts.device, str(self.opts.table)
         for fam in ("-4", "-6"):
             for _ in range(8):
@@ -285,7 +289,11 @@ class AnycastTcpService:
             log.warning("anycast TCP: refused a record: %s", exc)
             return
         if conn.version.stamp < self._now_ms() - MAX_AGE_MS:
+            # its owner has not signed it again for hours: it died and nobody took the
+            # connection over
             self.counters["records_stale"] += 1
+            if self._loop is not None:   # not from inside the store's notification
+                self._loop.call_soon(self._delete, to.CONN_KIND, rec.key)
             return
         old = self.conns.get(flow)
         self.conns[flow] = conn
@@ -489,9 +497,9 @@ class AnycastTcpService:
             await asyncio.sleep(self.opts.scan)
             self._scan()
 
-    def _read_sockets(self) -> dict[to.Flow, int]:
+    def _read_sockets(self) -> dict[to.Flow, tuple[int, bool]]:
         assert self.layout is not None
-        out: dict[to.Flow, int] = {}
+        out: dict[to.Flow, tuple[int, bool]] = {}
         for name in ("tcp", "tcp6"):
             with contextlib.suppress(OSError):
                 out.update(tf.parse_proc_tcp(Path(f"/proc/net/{name}").read_text(),
@@ -512,9 +520,10 @@ class AnycastTcpService:
                 self._delete(to.CONN_KIND, flow.key)
                 self.counters["ended"] += 1
         self.missing = gone
-        for flow, state in self.local.items():
+        for flow, (state, held) in self.local.items():
             conn = self.conns.get(flow)
-            if conn is None and state == tf.TCP_ESTABLISHED and flow not in self.holding:
+            if conn is None and state == tf.TCP_ESTABLISHED and held and \
+                    flow not in self.holding:
                 # older than this daemon (or its handshake was not logged): owner only,
                 # handed over while this node lives, never taken over
                 self._publish(to.CONN_KIND, flow.key, to.conn_data(self.me, None))
@@ -568,9 +577,14 @@ class AnycastTcpService:
         conn = self.conns.get(flow)
         now = self.monotonic()
         state = self.liveness.state(conn.owner, now) if conn is not None else to.DEAD
+        holding = False
         if conn is not None and conn.owner == self.me:
-            state = to.DEAD       # the record says here, but the kernel does not know it
-        d = to.decide(seg, conn, self.me, state, holding=flow in self._read_sockets(),
+            # the record says here but the kernel's set does not: a socket that is still
+            # there goes back into the set, one that is gone (this process restarted) is
+            # taken over like a dead node's
+            state = to.DEAD
+            holding = self._read_sockets().get(flow, (0, False))[1]
+        d = to.decide(seg, conn, self.me, state, holding=holding,
                       adoptable=flow.sport in self.adopters)
         self.counters[d.action] += 1
         if d.action == "refresh":
@@ -594,6 +608,9 @@ class AnycastTcpService:
         hs = conn.handshake
         assert hs is not None
         now_ms = self._now_ms()
+        if flow in self._read_sockets():
+            # the orphan of this node's previous process still has the connection's address
+            await self._destroy(flow)
         try:
             plan = to.plan(flow, hs, held.segments, now_ms)
             sock = repair(plan, mark=self.mark)
@@ -628,6 +645,17 @@ class AnycastTcpService:
         log.warning("anycast TCP: took %s over from %s (%.0f ms after its first held "
                     "segment; send %d, receive %d)", flow.key, conn.owner, took * 1000,
                     plan.snd_nxt, plan.rcv_nxt)
+
+    async def _destroy(self, flow: to.Flow) -> None:
+        """Kill a socket no process holds (its RST, if any, never leaves: the port is
+        guarded)."""
+        def hp(host: str, port: int) -> str:
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        proc = await asyncio.create_subprocess_exec(
+            "ss", "-K", "-tn", "state", "all", "src", hp(flow.service, flow.sport), "dst",
+            hp(flow.client, flow.cport), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await proc.wait()
+        self.counters["orphans_destroyed"] += 1
 
     # -- status ----------------------------------------------------------------------------------
     def status(self) -> dict:

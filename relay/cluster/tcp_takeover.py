@@ -64,7 +64,9 @@ def repair(plan: Plan, *, mark: int = 0) -> socket.socket:
         sock.setsockopt(socket.SOL_TCP, TCP_REPAIR_OPTIONS,
                         b"".join(struct.pack("=II", c, v) for c, v in opts))
         if plan.ts:
-            sock.setsockopt(socket.SOL_TCP, TCP_TIMESTAMP, _u32(plan.tsval))
+            # the lowest bit of the value asks for a microsecond clock (Linux 6.7+); the
+            # connection's clock runs in milliseconds, as Linux's does by default
+            sock.setsockopt(socket.SOL_TCP, TCP_TIMESTAMP, _u32(plan.tsval & ~1))
         # snd_wl1 = the client's seq: its next window update is taken
         sock.setsockopt(socket.SOL_TCP, TCP_REPAIR_WINDOW, struct.pack(
             "=IIIII", plan.rcv_nxt, plan.snd_wnd, max(plan.snd_wnd, 1), plan.rcv_wnd,
@@ -80,8 +82,11 @@ def _u32(value: int) -> bytes:
 
 
 def release(sock: socket.socket) -> None:
-    """Leave repair mode: the socket is live (and sends its window probe)."""
+    """Leave repair mode: the socket is live (and sends its window probe). Leaving repair
+    mode also clears the socket's address reuse: set it again, or this socket (or its orphan,
+    should the process die) would keep a restarted listener from binding the port."""
     sock.setsockopt(socket.SOL_TCP, TCP_REPAIR, REPAIR_OFF)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 
 
 def close_silently(sock: socket.socket) -> None:

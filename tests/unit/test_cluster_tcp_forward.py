@@ -72,25 +72,27 @@ def test_link_commands_change_only_what_changed() -> None:
     assert "fdb del 02:61:74:63:00:02 dev atcp0 self" in bridge and len(bridge) == 2
 
 
-PROC = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
-   0: 0100FF0A:115C 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
-   1: 0100FF0A:115C 0201010A:9C40 01 00000000:00000000 00:00000000 00000000     0
-   2: 0100FF0A:0050 0201010A:9C41 06 00000000:00000000 00:00000000 00000000     0
-   3: 0100FF0A:0050 0201010A:9C42 03 00000000:00000000 00:00000000 00000000     0
-   4: 0201020A:115C 0201010A:9C43 01 00000000:00000000 00:00000000 00000000     0
-   5: garbage
+PROC = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  t inode
+   0: 0100FF0A:115C 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1
+   1: 0100FF0A:115C 0201010A:9C40 01 00000000:00000000 00:00000000 00000000     0        0 1002 1
+   2: 0100FF0A:0050 0201010A:9C41 06 00000000:00000000 00:00000000 00000000     0        0 0 3
+   3: 0100FF0A:0050 0201010A:9C42 03 00000000:00000000 00:00000000 00000000     0        0 0 3
+   4: 0201020A:115C 0201010A:9C43 01 00000000:00000000 00:00000000 00000000     0        0 1003 1
+   5: 0100FF0A:115C 0201010A:9C45 04 00000000:00000000 00:00000000 00000000     0        0 0 1
+   6: garbage
 """
-PROC6 = """  sl  local_address remote_address st
-   0: 0000000000000000FFFF00000100FF0A:0050 0000000000000000FFFF00000201010A:9C44 01 0
+PROC6 = """  sl  local_address remote_address st tx rx tr retr uid timeout inode
+   0: 0000000000000000FFFF00000100FF0A:0050 0000000000000000FFFF00000201010A:9C44 01 0 0 0 0 0 77
 """
 
 
 def test_the_kernels_sockets_on_the_service_addresses() -> None:
     got = tf.parse_proc_tcp(PROC, {"10.255.0.1"}, {80, 4444})
-    assert got == {Flow("10.255.0.1", 4444, "10.1.1.2", 40000): tf.TCP_ESTABLISHED,
-                   Flow("10.255.0.1", 80, "10.1.1.2", 40001): 6}   # TIME_WAIT counts
+    assert got == {Flow("10.255.0.1", 4444, "10.1.1.2", 40000): (tf.TCP_ESTABLISHED, True),
+                   Flow("10.255.0.1", 80, "10.1.1.2", 40001): (6, False),   # TIME_WAIT
+                   Flow("10.255.0.1", 4444, "10.1.1.2", 40005): (4, False)}  # an orphan
     assert tf.parse_proc_tcp(PROC6, {"10.255.0.1"}, {80}) == {
-        Flow("10.255.0.1", 80, "10.1.1.2", 40004): tf.TCP_ESTABLISHED}
+        Flow("10.255.0.1", 80, "10.1.1.2", 40004): (tf.TCP_ESTABLISHED, True)}
 
 
 def _nlmsg(mtype: int, body: bytes) -> bytes:
