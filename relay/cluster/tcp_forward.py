@@ -16,7 +16,9 @@ Per packet everything happens in the kernel; userspace only changes state once p
   handed back to the stack; a segment without a valid record gets no state and no answer.
 
 Segments that arrive over the link are accepted only for connections in `mine` (no loops, no
-answers for connections this node does not hold). The SYN, the SYN-ACK and the completing ACK
+answers for connections this node does not hold). The kernel reassembles fragments before
+these rules (a tproxy expression in a chain never jumped to asks for it), so a node hands over
+whole segments, and fragments split between nodes complete nowhere. The SYN, the SYN-ACK and the completing ACK
 are logged too (the constants of each connection for its record). For the ports of the
 anycast TCP transport no RST ever leaves, and neither does a FIN of a socket whose process died
 (the transport's sockets carry a mark it clears before a deliberate close). SYN-ACKs get their

@@ -122,6 +122,7 @@ class AnycastTcpService:
         self.state = "up"
         self._pending_nft: list[str] = []
         self._nft_wake = asyncio.Event()
+        self._links_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._created = False
@@ -382,6 +383,10 @@ class AnycastTcpService:
         return out
 
     async def _sync_links(self) -> None:
+        async with self._links_lock:    # a member's record and a heartbeat may both ask
+            await self._sync_links_now()
+
+    async def _sync_links_now(self) -> None:
         assert self.layout is not None
         now = self.monotonic()
         want = {m.sid: tf.Peer(m.sid, m.address,
@@ -602,6 +607,8 @@ class AnycastTcpService:
         now = self.monotonic()
         for flow in [f for f, h in self.holding.items() if h.first < now - 10]:
             del self.holding[flow]
+        for flow in [f for f, until in self.failed.items() if until < now]:
+            del self.failed[flow]
 
     async def _take_over(self, flow: to.Flow, conn: to.Conn) -> None:
         held = self.holding[flow]
