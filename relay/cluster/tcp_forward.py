@@ -18,11 +18,12 @@ Per packet everything happens in the kernel; userspace only changes state once p
 Segments that arrive over the link are accepted only for connections in `mine` (no loops, no
 answers for connections this node does not hold). The kernel reassembles fragments before
 these rules (a tproxy expression in a chain never jumped to asks for it), so a node hands over
-whole segments, and fragments split between nodes complete nowhere. The SYN, the SYN-ACK and the completing ACK
-are logged too (the constants of each connection for its record). For the ports of the
-anycast TCP transport no RST ever leaves, and neither does a FIN of a socket whose process died
-(the transport's sockets carry a mark it clears before a deliberate close). SYN-ACKs get their
-MSS clamped, so every segment of the client still fits the link between the nodes.
+whole segments, and fragments split between nodes complete nowhere. The SYN, the SYN-ACK and
+the completing ACK are logged too (the constants of each connection for its record). For the
+ports of the anycast TCP transport no RST ever leaves, and neither does a FIN of a socket whose
+process died (the transport's sockets carry a mark it clears before a deliberate close).
+SYN-ACKs get their MSS clamped, so every segment of the client still fits the link between the
+nodes.
 """
 
 from __future__ import annotations
