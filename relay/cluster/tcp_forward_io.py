@@ -533,7 +533,9 @@ class AnycastTcpService:
                 # handed over while this node lives, never taken over
                 self._publish(to.CONN_KIND, flow.key, to.conn_data(self.me, None))
                 self._hold_mine(flow)
-            elif conn is not None and conn.owner == self.me:
+            elif conn is not None and conn.owner == self.me and held:
+                # (an orphan of a dead process is no connection this node holds: its
+                # record stays, for the takeover when the client speaks)
                 self._hold_mine(flow)
                 if conn.version.stamp < now - REFRESH_MS:
                     self._publish(to.CONN_KIND, flow.key, to.conn_data(self.me,
