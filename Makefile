@@ -11,7 +11,7 @@ APT_RUNTIME := iproute2 iputils-ping procps util-linux nftables curl gcc libc6-d
 	python3-venv
 APT_TEST := $(APT_RUNTIME) wget bind9-dnsutils dnsmasq-base netcat-openbsd tcpdump iperf3 \
 	anytun uanytun kamailio sip-tester rtpengine-daemon redis-server valgrind make psmisc \
-	ethtool socat clang libclang-rt-14-dev openssl bird2 exabgp
+	ethtool socat clang libclang-rt-14-dev openssl bird2 exabgp golang-go
 APT_BENCH := $(APT_TEST) linux-perf
 # The demo's chapters run uanytun (tunnels), Kamailio + SIPp (relay mode), Redis (cluster),
 # BIRD 2 (the router) and ExaBGP (the nodes announcing the anycast prefixes).
