@@ -51,7 +51,7 @@ table ip atcp_watch {
   counter answers { }
   chain input { type filter hook input priority 0; policy accept;
     ip saddr 10.255.0.1 tcp flags rst counter name rst_in
-    ip saddr 10.255.0.1 tcp dport 40000-40999 counter name answers; }
+    ip saddr 10.255.0.1 tcp dport 30000-30999 counter name answers; }
   chain output { type filter hook output priority 0; policy accept;
     ip daddr 10.255.0.1 tcp flags rst counter name rst_out; }
 }
@@ -288,6 +288,32 @@ def test_a_restarted_node_takes_its_own_connection_back(cluster: Cluster) -> Non
     assert cluster.rsts() == rsts
 
 
+def test_a_stopped_node_hands_its_connection_over_at_once(cluster: Cluster) -> None:
+    """A clean stop (SIGTERM, as after a drain): the node closes its sockets silently and says
+    it is drained; the other node takes the connection over without waiting for a timeout."""
+    lab = cluster.lab
+    owner = next(j for j in (1, 2) if (cluster.status(j) or {})["connections"]["here"])
+    other = 3 - owner
+    before = cluster.client_transport()
+    taken = (cluster.status(other) or {})["events"].get("taken_over", 0)
+    rsts = cluster.rsts()
+    cluster.move(other)
+    try:
+        assert tu.ping(lab.client, "10.8.0.1", count=5, interval=0.05) == 5   # handed over
+        tu.stop(cluster.nodes.pop(owner))
+        tu.wait_for(lambda: (cluster.status(other) or {})["events"].get("taken_over", 0)
+                    == taken + 1, 10, "the takeover")
+        assert tu.ping(lab.client, "10.8.0.1", count=10, interval=0.05) >= 9
+        members = (cluster.status(other) or {})["members"]
+        assert [m["state"] for m in members if m["node"] == f"s{owner}"] == ["drained"]
+    finally:
+        cluster.start_node(owner)
+        cluster.move(1)
+    after = cluster.client_transport()
+    assert after["connects"] == before["connects"] == 1 and after["local"] == before["local"]
+    assert cluster.rsts() == rsts
+
+
 @pytest.fixture(scope="module")
 def website(cluster: Cluster) -> Iterator[bytes]:
     """The same 6 MB file served over HTTP on the anycast address by both nodes (any TCP
@@ -389,7 +415,7 @@ def test_a_segment_of_no_known_connection_gets_no_state_and_no_answer(cluster: C
     cluster.move(1)
     before = (cluster.status(1) or {})["events"]
     answers = cluster.watched()["answers"]
-    for sport, dport in ((40010, TUNNEL_PORT), (40011, HTTP_PORT)):
+    for sport, dport in ((30010, TUNNEL_PORT), (30011, HTTP_PORT)):
         _segment(cluster, sport, dport)
     tu.wait_for(lambda: (cluster.status(1) or {})["events"].get("unknown", 0)
                 >= before.get("unknown", 0) + 2, 5, "the segments to be judged")
@@ -397,7 +423,7 @@ def test_a_segment_of_no_known_connection_gets_no_state_and_no_answer(cluster: C
     after = (cluster.status(1) or {})["events"]
     assert after.get("taken_over", 0) == before.get("taken_over", 0)
     assert cluster.watched()["answers"] == answers, "an unknown segment was answered"
-    for port in (40010, 40011):
+    for port in (30010, 30011):
         assert not _sockets(cluster, 1, port), "a socket was created"
         assert cluster.redis("hget", "anytun:rec:tcpconn",
                              f"{AA4}:{TUNNEL_PORT}/{cluster.lab.client.ip4}:{port}") == "\n"
@@ -434,8 +460,8 @@ def test_forged_and_replayed_takeover_records_are_refused(cluster: Cluster) -> N
     sink = lab.server(1).popen([sys.executable, "-c", ONE_SHOT, AA4, str(SINK_PORT)],
                                stdout=subprocess.PIPE, text=True)
     assert sink.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
-    key = f"{AA4}:{SINK_PORT}/{cli}:40020"
-    lab.client.run([sys.executable, "-c", SHORT, AA4, str(SINK_PORT), "40020"])
+    key = f"{AA4}:{SINK_PORT}/{cli}:30020"
+    lab.client.run([sys.executable, "-c", SHORT, AA4, str(SINK_PORT), "30020"])
     sink.wait(10)
     genuine = json.loads(tu.wait_for(lambda: cluster.redis(
         "hget", "anytun:rec:tcpconn", key).strip(), 5, "the record"))
@@ -450,19 +476,19 @@ def test_forged_and_replayed_takeover_records_are_refused(cluster: Cluster) -> N
     _publish(cluster, {**genuine, "t": genuine["t"] + 60_000})
     # 3. forged for another connection: signed without the cluster key
     now = int(time.time() * 1000)
-    flow = to.Flow(AA4, TUNNEL_PORT, cli, 40021)
+    flow = to.Flow(AA4, TUNNEL_PORT, cli, 30021)
     v = Version(now + 60_000, "mallory")
     hs = to.Handshake(1460, 7, 7, True, True, True, 1, now)
     data = to.sign("tcpconn", flow.key, v, to.conn_data("ghost", hs),
                    ClusterKey.from_text("not the cluster key, but long"))
     _publish(cluster, {"k": "tcpconn", "id": flow.key, "t": v.stamp, "n": v.node, "d": data})
     # 4. the tag of a genuine record moved onto another connection
-    _publish(cluster, {**genuine, "id": f"{AA4}:{SINK_PORT}/{cli}:40022",
+    _publish(cluster, {**genuine, "id": f"{AA4}:{SINK_PORT}/{cli}:30022",
                        "t": genuine["t"] + 60_000})
     tu.wait_for(lambda: ev().get("records_refused", 0) >= before.get("records_refused", 0) + 3,
                 5, "the records to be refused")
     answers = cluster.watched()["answers"]
-    for sport, dport in ((40020, SINK_PORT), (40021, TUNNEL_PORT), (40022, SINK_PORT)):
+    for sport, dport in ((30020, SINK_PORT), (30021, TUNNEL_PORT), (30022, SINK_PORT)):
         _segment(cluster, sport, dport)
     tu.wait_for(lambda: ev().get("unknown", 0) >= before.get("unknown", 0) + 3, 5,
                 "the segments to be judged")
@@ -470,7 +496,7 @@ def test_forged_and_replayed_takeover_records_are_refused(cluster: Cluster) -> N
     after = ev()
     assert after.get("taken_over", 0) == before.get("taken_over", 0), after
     assert cluster.watched()["answers"] == answers
-    for port in (40020, 40021, 40022):
+    for port in (30020, 30021, 30022):
         assert not _sockets(cluster, 1, port)
     assert (cluster.status(1) or {})["connections"] == before_conns
 
