@@ -19,8 +19,8 @@ APT_RUNTIME := iproute2 iputils-ping procps util-linux nftables curl gcc libc6-d
 # Debian 12 tree and its units run under a real systemd in a container)
 APT_TEST := $(APT_RUNTIME) wget bind9-dnsutils dnsmasq-base netcat-openbsd tcpdump iperf3 \
 	anytun uanytun kamailio sip-tester rtpengine-daemon redis-server valgrind make psmisc \
-	ethtool socat clang libclang-rt-14-dev openssl bird2 exabgp debootstrap systemd-container \
-	dpkg-dev man-db
+	ethtool socat clang libclang-rt-14-dev openssl bird2 exabgp golang-go debootstrap \
+	systemd-container dpkg-dev man-db
 APT_BENCH := $(APT_TEST) linux-perf
 # The Debian package is built with Debian's own interpreter (its venv runs on the target's).
 APT_DEB := $(APT_RUNTIME) python3-dev dpkg-dev

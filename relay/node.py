@@ -49,15 +49,20 @@ def build(settings: Settings) -> list[Service]:
         raise ConfigError("nothing to do: configure a tunnel or relay mode "
                           "(--rtpproxy, --listen-ng)")
     services: list[Service] = []
-    handover = None
+    handover = anycast_tcp = None
     if settings.cluster is not None:
-        sync, handover = cluster_node.attach(settings.cluster, tunnel, relay)
+        if settings.cluster.anycast_tcp is not None and settings.process.user:
+            raise ConfigError("--anycast-tcp re-creates connections with TCP_REPAIR, which "
+                              "needs CAP_NET_ADMIN: do not combine it with -u")
+        sync, handover, anycast_tcp = cluster_node.attach(settings.cluster, tunnel, relay)
         services.append(sync)
     if tunnel is not None:
         for svc in tunnel.services:
             services.append(svc)
             if handover is not None and svc is tunnel.nat:  # it needs the device and the NAT
                 services.append(handover)
+            if anycast_tcp is not None and svc is tunnel.endpoint:   # it serves its transport
+                services.append(anycast_tcp)
     if relay is not None:
         services.append(relay)
     health = NodeHealth(list(services))

@@ -27,6 +27,9 @@ LOG_LEVELS = {"off": logging.CRITICAL + 10, "error": logging.ERROR, "info": logg
               "debug": logging.DEBUG}
 
 
+MAX_RATE = 1e6
+
+
 class UsageError(Exception):
     pass
 
@@ -117,8 +120,8 @@ def service_from_args(args: argparse.Namespace, cfg: aconfig.Config) -> Responde
                                                                      10**6)):
         if not lo <= value <= hi:
             raise UsageError(f"{name} must be {lo}-{hi}")
-    if not args.rate > 0:
-        raise UsageError("--rate must be above 0")
+    if not 0 < args.rate <= MAX_RATE:  # also refuses nan and inf
+        raise UsageError(f"--rate must be above 0 and at most {MAX_RATE:g} answers per second")
     return ResponderService.from_options(
         anycast, unicast, ttl=args.ttl, key=key, key_id=key_id, port=port,
         icmp=not args.no_icmp, udp=not args.no_udp, rate=args.rate, burst=args.burst)
