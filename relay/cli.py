@@ -133,8 +133,7 @@ def check_config(argv: list[str]) -> int:
     """anytun-relay check-config FILE: parse and check a configuration, open nothing."""
     args = check_config_parser().parse_args(argv)
     try:
-        settings = parse(["--config", args.file])
-        process.check(settings.process)
+        settings = parse(["--config", args.file])   # (users and groups checked there too)
         if settings.tunnel is None and settings.relay is None:
             raise ConfigError(f"{args.file}: nothing to do: no tunnel ([tunnel] or [node]) "
                               "and no relay mode ([relay])")
@@ -145,8 +144,8 @@ def check_config(argv: list[str]) -> int:
     for line in node.describe(settings):
         print(f"  {line}")
     if configfile.readable_by_others(args.file) and _holds_keys(settings):
-        print(f"  warning: {args.file} is readable by every user; if it holds keys: "
-              f"chmod 640 (group of the daemon's user)")
+        print(f"  warning: {args.file} holds keys and is readable by every user: "
+              "chmod 640, group of the daemon's user")
     return 0
 
 
