@@ -78,7 +78,7 @@ demo: deps-demo build
 	$(PY) -m demo
 
 lint: venv
-	$(VENV)/bin/ruff check aarp relay opskit tests bench lab demo packaging setup.py
+	$(VENV)/bin/ruff check aarp relay tests bench lab demo packaging setup.py
 	$(VENV)/bin/lint-imports
 
 test: deps-test build lint

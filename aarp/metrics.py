@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from opskit.exposition import Metrics
+from aarp.ops.exposition import Metrics
 
 REFUSALS = "ignored_"
 

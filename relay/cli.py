@@ -17,7 +17,7 @@ import asyncio
 import sys
 from collections.abc import Callable
 
-from opskit import cli as opscli
+from aarp.ops import cli as opscli
 from relay import __version__, configfile, node, status
 from relay.announce import cli as announce_cli
 from relay.cluster import cli as cluster_cli

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aarp.metrics import responder_metrics
-from opskit.exposition import Metrics
+from aarp.ops.exposition import Metrics
 from relay import __version__
 
 NS = "anytun_relay"

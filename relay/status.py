@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from opskit import cli as opscli
+from aarp.ops import cli as opscli
 from relay import __version__
 from relay.runtime.control import DRAIN_TIMEOUT, abstract_name, discover, display, request
 

@@ -16,9 +16,9 @@ from aarp import __version__, names
 from aarp import config as aconfig
 from aarp.config import Config
 from aarp.errors import AARPError, ResolveError
+from aarp.ops import cli as opscli
+from aarp.ops import logfmt
 from aarp.resolver import Resolution, probe
-from opskit import cli as opscli
-from opskit import logfmt
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Prober = Callable[[IPAddress, Config], Resolution]

@@ -17,11 +17,11 @@ import sys
 
 from aarp import __version__
 from aarp import config as aconfig
+from aarp.ops import caps, logfmt, sdnotify
+from aarp.ops import cli as opscli
+from aarp.ops.http import ListenError, OpsHttpServer, Reply, parse_listen
 from aarp.responder import DEFAULT_BURST, DEFAULT_RATE, DEFAULT_TTL
 from aarp.responder_service import ResponderError, ResponderService, check_address
-from opskit import caps, logfmt, sdnotify
-from opskit import cli as opscli
-from opskit.http import ListenError, OpsHttpServer, Reply, parse_listen
 
 LOG_LEVELS = {"off": logging.CRITICAL + 10, "error": logging.ERROR, "info": logging.INFO,
               "debug": logging.DEBUG}
@@ -135,7 +135,7 @@ def http_endpoints(service: ResponderService, http: OpsHttpServer) -> None:
 
     async def metrics() -> Reply:
         from aarp.metrics import responder_metrics  # only when scraped: idle memory
-        from opskit import exposition
+        from aarp.ops import exposition
 
         m = exposition.Metrics("")
         responder_metrics(m, service.status())

@@ -13,8 +13,8 @@ import sys
 
 from aarp import __version__, programs, shim
 from aarp import config as aconfig
-from opskit import cli as opscli
-from opskit import logfmt
+from aarp.ops import cli as opscli
+from aarp.ops import logfmt
 
 LOG_LEVELS = {"off": logging.CRITICAL + 10, "error": logging.ERROR, "info": logging.INFO,
               "debug": logging.DEBUG}

@@ -16,7 +16,7 @@ import signal
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from opskit import sdnotify
+from aarp.ops import sdnotify
 from relay.runtime.errors import ConfigError
 
 log = logging.getLogger("anytun-relay")

@@ -22,7 +22,7 @@ import os
 import signal
 import time
 
-from opskit.http import OpsHttpServer, Reply
+from aarp.ops.http import OpsHttpServer, Reply
 from relay.runtime.daemon import Service
 
 log = logging.getLogger("anytun-relay.health")

@@ -1,13 +1,13 @@
 """The node's operations HTTP endpoint (--http-listen): GET /metrics (Prometheus) and GET
 /status (the JSON of `anytun-relay status`), on the listener both daemons share
-(opskit.http). Further paths register with route()."""
+(aarp.ops.http). Further paths register with route()."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from opskit.exposition import CONTENT_TYPE
-from opskit.http import ListenError, OpsHttpServer, Reply, parse_listen
+from aarp.ops.exposition import CONTENT_TYPE
+from aarp.ops.http import ListenError, OpsHttpServer, Reply, parse_listen
 from relay.runtime.errors import ConfigError
 
 __all__ = ["NodeHttp", "listen_address"]

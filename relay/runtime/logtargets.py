@@ -1,5 +1,5 @@
 """anytun's -L <target>:<level>[,<params>] logging and -U, on Python's logging, in the one
-format of the distribution (opskit.logfmt; journald's variant under systemd).
+format of the distribution (aarp.ops.logfmt; journald's variant under systemd).
 
 Levels as anytun numbers them: 0 off, 1 error, 2 warning, 3 notice, 4 info, 5 debug.
 Targets: syslog[,name[,facility]], file[,path], stdout, stderr. A target that cannot work
@@ -13,8 +13,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from opskit import logfmt
-from opskit.logfmt import NOTICE, LogTargetError
+from aarp.ops import logfmt
+from aarp.ops.logfmt import NOTICE, LogTargetError
 from relay.runtime.errors import ConfigError
 
 LEVELS = {0: None, 1: logging.ERROR, 2: logging.WARNING, 3: NOTICE, 4: logging.INFO,

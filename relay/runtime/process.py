@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from opskit import caps
+from aarp.ops import caps
 from relay.runtime import daemon, logtargets
 from relay.runtime.errors import ConfigError
 from relay.runtime.logtargets import NOTICE, LogTarget

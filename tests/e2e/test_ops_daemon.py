@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from aarp.ops import caps
 from lab import sip as labkit
-from opskit import caps
 from tests.conftest import require_program, tool
 from tests.e2e import tunnel_util as tu
 

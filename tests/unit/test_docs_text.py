@@ -13,7 +13,7 @@ from tests.docs_blocks import DOCS, ROOT, blocks
 
 INTERNAL = re.compile(r"\bissues? \d|\bseeds?\b|\bhelpers?\b|subagent|farm-studio|"
                       r"\bduplicates\b", re.I)
-PATH = re.compile(r"`((?:aarp|relay|shim_c|tests|lab|demo|bench|docs|packaging|opskit)/"
+PATH = re.compile(r"`((?:aarp|relay|shim_c|tests|lab|demo|bench|docs|packaging|aarp.ops)/"
                   r"[\w./*-]+)`")
 HOSTS = {"local", "s1", "s2", "cli1"}
 

@@ -56,7 +56,7 @@ def test_closed_pipe_is_quiet() -> None:
                           f"'{BIN}/aarp-resolve' --help | head -1", shell=True,
                           capture_output=True, text=True)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
-    from opskit import cli as opscli
+    from aarp.ops import cli as opscli
 
     def writes_forever() -> int:
         r, w = os.pipe()

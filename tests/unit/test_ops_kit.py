@@ -1,4 +1,4 @@
-"""opskit: the Prometheus text format (checked by prometheus_client's own parser), sd_notify
+"""aarp.ops: the Prometheus text format (checked by prometheus_client's own parser), sd_notify
 over a real datagram socket, the journald and syslog log variants, and capabilities read from
 the kernel (the HTTP listener: test_ops_http.py)."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from opskit import caps, logfmt, sdnotify
-from opskit.exposition import Metrics
+from aarp.ops import caps, logfmt, sdnotify
+from aarp.ops.exposition import Metrics
 
 
 def test_exposition_parses_with_prometheus_client() -> None:
