@@ -347,6 +347,8 @@ int fp_hub_mac_get(fp_hub *h, const uint8_t *mac);
 uint32_t fp_hub_stream_add(fp_hub *h, int fd, int framing, const uint8_t *peer,
                            uint32_t peer_len);
 int fp_hub_stream_close(fp_hub *h, uint32_t id);
+/* CLOCK_MONOTONIC seconds of the stream's last received bytes, or -1 if it is gone. */
+double fp_hub_stream_last_rx(fp_hub *h, uint32_t id);
 
 /* Connections whose counters or progress moved since the last call (up to max). */
 size_t fp_hub_collect(fp_hub *h, fp_hub_conn_stats *out, size_t max);
@@ -368,5 +370,8 @@ void fp_hub_maintain(fp_hub *h);
 long fp_hub_probe(fp_hub *h, int from_device, const uint8_t *pkt, size_t len,
                   const fp_remote *from, double now, fp_hub_out *outs, size_t maxouts,
                   uint8_t *buf, size_t cap);
+/* Tests: fp_hub_send with the output captured as by fp_hub_probe. */
+long fp_hub_probe_send(fp_hub *h, uint16_t mux, uint16_t ptype, const uint8_t *payload,
+                       size_t len, fp_hub_out *outs, size_t maxouts, uint8_t *buf, size_t cap);
 
 #endif

@@ -675,6 +675,14 @@ int fp_hub_stream_close(fp_hub *h, uint32_t id) {
     return s ? 0 : -ENOENT;
 }
 
+double fp_hub_stream_last_rx(fp_hub *h, uint32_t id) {
+    pthread_mutex_lock(&h->ctl_lock);
+    hub_stream *s = hub_stream_get(h, id);
+    double t = s && !atomic_load(&s->dead) ? (double)atomic_load(&s->last_rx_ns) / 1e9 : -1.0;
+    pthread_mutex_unlock(&h->ctl_lock);
+    return t;
+}
+
 /* ---- events, slow packets, sends --------------------------------------------------------- */
 
 int fp_hub_event_fd(fp_hub *h) { return h->ev_fd; }
@@ -727,6 +735,23 @@ int fp_hub_send(fp_hub *h, uint16_t mux, uint16_t ptype, const uint8_t *payload,
     return rc;
 }
 
+static void capture_begin(hub_worker *w, fp_hub_out *outs, size_t maxouts, uint8_t *buf,
+                          size_t cap) {
+    w->cap_outs = outs;
+    w->cap_max = maxouts;
+    w->cap_buf = buf;
+    w->cap_size = cap;
+    w->cap_n = w->cap_used = 0;
+    w->cap_overflow = 0;
+}
+
+static long capture_end(hub_worker *w) {
+    long n = w->cap_overflow ? -1 : (long)w->cap_n;
+    w->cap_outs = NULL;
+    w->cap_buf = NULL;
+    return n;
+}
+
 long fp_hub_probe(fp_hub *h, int from_device, const uint8_t *pkt, size_t len,
                   const fp_remote *from, double now, fp_hub_out *outs, size_t maxouts,
                   uint8_t *buf, size_t cap) {
@@ -734,12 +759,7 @@ long fp_hub_probe(fp_hub *h, int from_device, const uint8_t *pkt, size_t len,
         return -1;
     pthread_mutex_lock(&h->ctl_lock);
     hub_worker *w = h->w[h->nworkers];
-    w->cap_outs = outs;
-    w->cap_max = maxouts;
-    w->cap_buf = buf;
-    w->cap_size = cap;
-    w->cap_n = w->cap_used = 0;
-    w->cap_overflow = 0;
+    capture_begin(w, outs, maxouts, buf, cap);
     w->now = now;
     uint8_t *copy = w->scratch + 64; /* writable, with room for the largest tag */
     memcpy(copy, pkt, len);
@@ -752,9 +772,22 @@ long fp_hub_probe(fp_hub *h, int from_device, const uint8_t *pkt, size_t len,
             r = *from;
         hub_from_net(w, copy, len, &r);
     }
-    long n = w->cap_overflow ? -1 : (long)w->cap_n;
-    w->cap_outs = NULL;
-    w->cap_buf = NULL;
+    long n = capture_end(w);
+    pthread_mutex_unlock(&h->ctl_lock);
+    return n;
+}
+
+long fp_hub_probe_send(fp_hub *h, uint16_t mux, uint16_t ptype, const uint8_t *payload,
+                       size_t len, fp_hub_out *outs, size_t maxouts, uint8_t *buf, size_t cap) {
+    if (len > HUB_MAX_INNER)
+        return -1;
+    pthread_mutex_lock(&h->ctl_lock);
+    hub_worker *w = h->w[h->nworkers];
+    hub_conn *c = hub_conn_at(h, mux);
+    capture_begin(w, outs, maxouts, buf, cap);
+    if (c)
+        hub_seal_to(w, c, ptype, payload, len, 0);
+    long n = capture_end(w);
     pthread_mutex_unlock(&h->ctl_lock);
     return n;
 }

@@ -49,6 +49,7 @@ int hub_seal_to(hub_worker *w, hub_conn *t, uint16_t ptype, const uint8_t *paylo
     fp_hub *h = w->h;
     fp_remote to;
     hub_remote_load(t, &to);
+    hub_touch(h, t); /* counters move whatever happens next */
     if (to.kind == FP_RK_NONE) {
         hub_nc(w, FP_NC_NO_REMOTE, 1);
         hub_cc(&t->txc[HUB_TX_NO_REMOTE], 1);
@@ -75,7 +76,6 @@ int hub_seal_to(hub_worker *w, hub_conn *t, uint16_t ptype, const uint8_t *paylo
     hub_cc(&t->txc[HUB_TX_PACKETS], 1);
     hub_cc(&t->txc[HUB_TX_BYTES], n);
     hub_nc(w, FP_NC_TX, 1);
-    hub_touch(h, t);
     uint8_t *d = hub_out_room(w, &to, n + k->overhead);
     if (!d)
         return 1; /* counted by the sink (no transport for this remote): sealed, as Python */
@@ -129,6 +129,8 @@ static void switch_from_client(hub_worker *w, hub_conn *c, const uint8_t *frame,
     int mux = frame[0] & 1 ? -1
                            : fp_mactab_get(atomic_load_explicit(&h->macs, memory_order_acquire),
                                            frame);
+    if (!(frame[0] & 1) && !memcmp(frame, frame + 6, 6))
+        mux = c->mux; /* to its own source: learned just now (Python applies it at once) */
     if (mux >= 0) {
         if (mux == c->mux)
             return; /* the client's own segment */
@@ -171,6 +173,7 @@ void hub_from_net(hub_worker *w, uint8_t *d, size_t len, const fp_remote *from) 
         hub_nc(w, FP_NC_UNKNOWN_MUX, 1);
         return;
     }
+    hub_touch(h, c); /* counters move whatever happens next */
     hub_keys *k = atomic_load_explicit(&c->keys, memory_order_acquire);
     hub_rx *rx = hub_rx_of(h, k);
     if (!rx) {
@@ -194,7 +197,6 @@ void hub_from_net(hub_worker *w, uint8_t *d, size_t len, const fp_remote *from) 
         hub_cc(&c->rxc[rep ? HUB_RX_REPLAY : HUB_RX_TOO_OLD], 1);
         return;
     }
-    hub_touch(h, c);
     if (may_roam(v)) {
         fp_remote cur;
         hub_remote_load(c, &cur);

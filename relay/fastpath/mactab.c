@@ -2,7 +2,8 @@
  * `macs` (relay/tunnel/table.py, which decides what is learned; this is the data plane's copy).
  *
  * One writer (the control thread), lock-free readers: every entry is one 64-bit word
- * (MAC << 16 | MUX; 0 = empty, 1 = deleted), stored and loaded atomically, so a reader sees
+ * (MAC << 16 | MUX; 0 = empty, 1 = deleted; the all-zero MAC has a slot of its own), stored
+ * and loaded atomically, so a reader sees
  * either the old or the new entry. Open addressing at load <= 1/2 under SipHash with a random
  * key; readers probe no further than the longest sequence the writer ever needed. When
  * deleted and live entries fill half of the table the writer builds a bigger copy and the hub
@@ -20,6 +21,7 @@ struct fp_mactab {
     uint64_t key[2];
     uint32_t mask;
     _Atomic uint32_t max_probe;
+    _Atomic int32_t zero_mux; /* 00:00:00:00:00:00 (the empty word can't hold it), -1 */
     size_t used, live; /* used counts deleted slots too */
     _Atomic uint64_t *slots;
 };
@@ -47,6 +49,7 @@ fp_mactab *fp_mactab_new(size_t capacity) {
     }
     fp_random_key(t->key);
     t->mask = (uint32_t)(cap - 1);
+    atomic_init(&t->zero_mux, -1);
     return t;
 }
 
@@ -59,8 +62,10 @@ void fp_mactab_free(fp_mactab *t) {
 
 int fp_mactab_get(const fp_mactab *t, const uint8_t mac[6]) {
     uint64_t m = mac48(mac);
-    if (!t || !m)
+    if (!t)
         return -1;
+    if (!m)
+        return atomic_load_explicit(&t->zero_mux, memory_order_acquire);
     uint32_t s = home(t, m), limit = atomic_load_explicit(&t->max_probe, memory_order_acquire);
     for (uint32_t p = 0; p <= limit; p++) {
         uint64_t w = atomic_load_explicit(&t->slots[(s + p) & t->mask], memory_order_acquire);
@@ -74,8 +79,12 @@ int fp_mactab_get(const fp_mactab *t, const uint8_t mac[6]) {
 
 int fp_mactab_set(fp_mactab *t, const uint8_t mac[6], uint16_t mux) {
     uint64_t m = mac48(mac);
-    if (!m)
-        return 0; /* 00:00:00:00:00:00 is never learned (it is the empty marker) */
+    if (!m) {
+        if (atomic_load_explicit(&t->zero_mux, memory_order_relaxed) < 0)
+            t->live++;
+        atomic_store_explicit(&t->zero_mux, mux, memory_order_release);
+        return 0;
+    }
     uint64_t word = m << 16 | mux;
     uint32_t s = home(t, m), limit = atomic_load_explicit(&t->max_probe, memory_order_relaxed);
     int64_t free_at = -1;
@@ -116,6 +125,10 @@ int fp_mactab_set(fp_mactab *t, const uint8_t mac[6], uint16_t mux) {
 }
 
 void fp_mactab_remove_mux(fp_mactab *t, uint16_t mux) {
+    if (atomic_load_explicit(&t->zero_mux, memory_order_relaxed) == mux) {
+        atomic_store_explicit(&t->zero_mux, -1, memory_order_release);
+        t->live--;
+    }
     for (size_t i = 0; i <= t->mask; i++) {
         uint64_t w = atomic_load_explicit(&t->slots[i], memory_order_relaxed);
         if (w != EMPTY && w != DELETED && (w & 0xffff) == mux) {
@@ -129,6 +142,11 @@ fp_mactab *fp_mactab_grow(const fp_mactab *t) {
     fp_mactab *g = fp_mactab_new(t->live * 4 > 64 ? t->live * 4 : 64);
     if (!g)
         return NULL;
+    int32_t z = atomic_load_explicit(&t->zero_mux, memory_order_relaxed);
+    if (z >= 0) {
+        static const uint8_t zero[6];
+        fp_mactab_set(g, zero, (uint16_t)z);
+    }
     for (size_t i = 0; i <= t->mask; i++) {
         uint64_t w = atomic_load_explicit(&t->slots[i], memory_order_relaxed);
         if (w != EMPTY && w != DELETED) {

@@ -33,9 +33,12 @@ class UdpTransport:
     socket bound to -i."""
 
     def __init__(self, bind: str | None, port: int, families: tuple[int, ...] = (4, 6), *,
-                 lite: bool = False) -> None:
+                 lite: bool = False, reuseport: bool = False) -> None:
         self.kind = "udplite" if lite else "udp"
         self.lite = lite
+        # SO_REUSEPORT: the C data plane's workers each get a socket of the same group, and
+        # the kernel keeps each client (4-tuple) on one of them
+        self.reuseport = reuseport
         self.bind = bind
         self.port = port
         self.families = families
@@ -53,6 +56,8 @@ class UdpTransport:
             if af == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuseport:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
@@ -65,6 +70,18 @@ class UdpTransport:
             sock.close()
             raise
         return sock
+
+    def open_member(self, family: int) -> socket.socket:
+        """One more socket of the SO_REUSEPORT group of the `family` socket (the caller owns
+        it: it is not read here)."""
+        if not self.reuseport or family not in self.sockets:
+            raise TransportError(f"no {self.kind} socket group for IPv{family}")
+        host = self.sockets[family].getsockname()[0]
+        try:
+            return self._open_socket(family, host)
+        except OSError as exc:
+            raise TransportError(f"cannot open another {self.kind} socket on "
+                                 f"{host}:{self.port}: {exc.strerror or exc}") from None
 
     async def open(self, deliver: Deliver) -> None:
         self._loop = asyncio.get_running_loop()

@@ -26,7 +26,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from relay.fastpath import Engine, FastpathError, ReplayParams, SatpCrypto, available
@@ -70,6 +70,7 @@ class Handoff:
     slow_path: Dataplane                 # for packets the fast path does not handle
     send: Callable[[list[tuple[bytes, Remote]]], None]  # send via the endpoint's transports
     to_device: Callable[[list[bytes]], None]
+    transports: dict[str, Any] = field(default_factory=dict)  # kind -> Udp/TcpTransport
 
 
 class ExternalDataplane(Protocol):
@@ -80,6 +81,24 @@ class ExternalDataplane(Protocol):
     def stop(self) -> None: ...
 
     def status(self) -> dict: ...
+
+
+def answer_oversize(pkt: bytes, ptype: int, room: int, send: Callable[[int, bytes], None],
+                    write_device: Callable[[bytes], None]) -> None:
+    """What the Python plane does with a packet too big for one datagram (Dataplane._oversize):
+    IPv4 without DF is fragmented and sent, other IP packets get an ICMP "too big" into the
+    device (the kernel learns the tunnel's MTU), frames just drop."""
+    if ptype == PT_IPV4:
+        frags = pk.fragment_ipv4(pkt, room)
+        if frags:
+            for f in frags:
+                with contextlib.suppress(OSError):
+                    send(PT_IPV4, f)
+            return
+    if ptype in (PT_IPV4, PT_IPV6):
+        err = pk.too_big(pkt, room if ptype == PT_IPV4 else max(room, 1280))
+        if err is not None:
+            write_device(err)
 
 
 def offloads_wanted() -> bool:
@@ -242,24 +261,13 @@ class FastPlane:
             self._oversize(pkt)
 
     def _oversize(self, pkt: bytes) -> None:
-        """What the Python plane does with a packet too big for one datagram."""
         eng, conn = self.engine, self.conn
         if eng is None or conn is None:
             return
         conn.drops["oversize"] += 1
-        room = self.h.config.max_datagram - conn.spec.suite.overhead
         ptype = PT_ETHERNET if self.h.device_kind == "tap" else pk.payload_type_of(pkt)
-        if ptype == PT_IPV4:
-            frags = pk.fragment_ipv4(pkt, room)
-            if frags:
-                for f in frags:
-                    with contextlib.suppress(OSError):
-                        eng.send(PT_IPV4, f)
-                return
-        if ptype in (PT_IPV4, PT_IPV6):
-            err = pk.too_big(pkt, room if ptype == PT_IPV4 else max(room, 1280))
-            if err is not None:
-                self._write_device(err)
+        answer_oversize(pkt, ptype, self.h.config.max_datagram - conn.spec.suite.overhead,
+                        eng.send, self._write_device)
 
     def _write_device(self, packet: bytes) -> None:
         prefix = bytes(VNET_HDR_LEN) if self.vnet else b""
