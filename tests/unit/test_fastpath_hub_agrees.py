@@ -13,7 +13,6 @@ endpoints and MACs, the send seqs, the receive windows and every counter must ag
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import struct
 from collections import Counter
