@@ -635,8 +635,8 @@ uint32_t fp_hub_stream_add(fp_hub *h, int fd, int framing, const uint8_t *peer,
     uint32_t id = 0;
     for (uint32_t tries = 0; tries < HUB_MAX_STREAMS; tries++) {
         uint32_t cand = ++h->stream_seq;
-        if (!(cand & (HUB_MAX_STREAMS - 1)) || !(cand >> 12))
-            continue; /* ids are never 0, and index 0 is unused */
+        if (!(cand & (HUB_MAX_STREAMS - 1)))
+            continue; /* index 0 is unused, so an id is never 0 */
         if (!atomic_load(&h->streams[cand & (HUB_MAX_STREAMS - 1)])) {
             id = cand;
             break;

@@ -128,6 +128,7 @@ class Hub:
     table's changes; close() stops the workers (the attached fds stay the caller's)."""
 
     def __init__(self, config: HubConfig) -> None:
+        self._h: Any = None
         need()
         self.config = config
         c = ffi.new("fp_hub_config *")
@@ -145,7 +146,7 @@ class Hub:
         ptr = lib.fp_hub_new(c, err, 200)
         if ptr == ffi.NULL:
             raise FastpathError(ffi.string(err).decode())
-        self._h: Any = ptr
+        self._h = ptr
         self._buf = ffi.new("uint8_t[]", MAX_PACKET)
         self._st = ffi.new("fp_hub_conn_stats *")
         self._rem = ffi.new("fp_remote *")
