@@ -365,9 +365,9 @@ def test_bad_parameters_are_refused_with_a_reason() -> None:
             hub.put([(ConnSpec(1, SUITE, key_of("x", 16), Role.LEFT, 1 << 21), 0)])
         with pytest.raises(FastpathError, match="bad version"):
             hub.set_routes([(5, 0, 8, 1)])
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            with pytest.raises(FastpathError):
-                hub.attach(0, "udp", s.fileno())
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, \
+                pytest.raises(FastpathError):
+            hub.attach(0, "udp", s.fileno())
         with pytest.raises(FastpathError):
             hub.attach(3, "device", 0)
         assert hub.info()["connections"] == 0
