@@ -299,6 +299,7 @@ typedef struct fp_hub_info {
     uint32_t workers, connections, streams;
     uint32_t offloads;   /* FP_OFF_* */
     uint64_t table_bytes;      /* connection, key, route and MAC tables */
+    uint64_t index_bytes;      /* of which the fixed MUX index (65536 pointers) */
     uint64_t active_bytes;     /* crypto contexts and replay windows of active connections */
     uint32_t active_rx, active_tx;
 } fp_hub_info;

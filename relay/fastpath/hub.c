@@ -852,6 +852,7 @@ void fp_hub_info_get(fp_hub *h, fp_hub_info *o) {
     o->table_bytes = HUB_MUXES * sizeof(hub_conn *) +
                      (uint64_t)h->nconns * (conn_size + sizeof(hub_keys)) +
                      fp_lpm_bytes(atomic_load(&h->lpm)) + fp_mactab_bytes(atomic_load(&h->macs));
+    o->index_bytes = HUB_MUXES * sizeof(hub_conn *);
     o->active_rx = atomic_load(&h->active_rx);
     o->active_tx = atomic_load(&h->active_tx);
     pthread_mutex_unlock(&h->ctl_lock);

@@ -188,7 +188,8 @@ class Hub:
         names = ((1, "tun"), (2, "tun-uso"), (4, "udp-gso"), (8, "udp-gro"))
         return {"workers": i.workers, "connections": i.connections, "streams": i.streams,
                 "offloads": [n for bit, n in names if i.offloads & bit],
-                "table_bytes": i.table_bytes, "active_rx": i.active_rx,
+                "table_bytes": i.table_bytes, "index_bytes": i.index_bytes,
+                "active_rx": i.active_rx,
                 "active_tx": i.active_tx}
 
     # -- connections ------------------------------------------------------------------------
