@@ -46,7 +46,7 @@ def client_in(i: int) -> str:
 
 
 def relay_argv() -> list[str]:
-    return [sys.executable, "-m", "relay.cli"]
+    return [sys.executable, "-m", "relay"]
 
 
 def _which(prog: str) -> str | None:

@@ -43,7 +43,7 @@ def chapter_cluster(lab: AnycastLab, story: Story) -> None:
                             f'device_name = "tunc"\nifconfig = ["10.9.0.1/16"]\n\n'
                             f'[defaults]\nrole = "server"\n\n{conns}')
             procs.append(lab.server(j).popen(
-                [sys.executable, "-m", "relay.cli", "-D", "-L", "stderr:3", "--config",
+                [sys.executable, "-m", "relay", "-D", "-L", "stderr:3", "--config",
                  str(path), "--sync", f"redis://{host.ip4}:{REDIS_PORT}/0", "--sync-node",
                  f"s{j}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for m in (1, 2):

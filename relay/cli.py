@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+from typing import Any
 
 from relay import __version__, node, status
 from relay.cluster import cli as cluster_cli
@@ -23,9 +25,26 @@ from relay.runtime.logtargets import LogTarget
 from relay.tunnel import cli as tunnel_cli
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's own, with the terminal width found without shutil (argparse would import it,
+    and with it the compression modules, only for that)."""
+
+    def __init__(self, prog: str, **kwargs: Any) -> None:
+        if kwargs.get("width") is None:
+            try:
+                columns = int(os.environ["COLUMNS"])
+            except (KeyError, ValueError):
+                try:
+                    columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+                except (AttributeError, ValueError, OSError):
+                    columns = 80
+            kwargs["width"] = columns - 2
+        super().__init__(prog, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="anytun-relay",
+        prog="anytun-relay", formatter_class=_HelpFormatter,
         description="Anycast tunnel endpoint speaking SATP (wire-compatible with anytun and "
         "uanytun, and accepting their options), anycast tunnel server, rtpproxy-protocol "
         "media relay, with state sync between the servers of one anycast address.",

@@ -9,17 +9,20 @@ control socket last, which answers `anytun-relay status` for all of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from relay.cluster import node as cluster_node
-from relay.cluster.settings import ClusterSettings
-from relay.rtpproxy.server import RelayConfig, RtpproxyService
 from relay.runtime.control import ControlServer
 from relay.runtime.daemon import Service
 from relay.runtime.errors import ConfigError
 from relay.runtime.process import ProcessSettings
-from relay.tunnel import peer, server
-from relay.tunnel.node import TunnelNode
 from relay.tunnel.settings import PeerSettings, TunnelSettings
+
+# Each mode is imported when it is configured, not before: a point-to-point tunnel never
+# loads relay mode, the server assembly, the cluster (redis) or their dependencies.
+if TYPE_CHECKING:
+    from relay.cluster.settings import ClusterSettings
+    from relay.rtpproxy.settings import RelayConfig
+    from relay.tunnel.node import TunnelNode
 
 
 @dataclass(frozen=True)
@@ -32,17 +35,25 @@ class Settings:
 
 
 def build_tunnel(settings: TunnelSettings) -> TunnelNode:
-    return peer.build(settings) if isinstance(settings, PeerSettings) else server.build(settings)
+    if isinstance(settings, PeerSettings):
+        from relay.tunnel import peer
+        return peer.build(settings)
+    from relay.tunnel import server
+    return server.build(settings)
 
 
 def build(settings: Settings) -> list[Service]:
     tunnel = build_tunnel(settings.tunnel) if settings.tunnel is not None else None
-    relay = RtpproxyService(settings.relay) if settings.relay is not None else None
+    relay = None
+    if settings.relay is not None:
+        from relay.rtpproxy.server import RtpproxyService
+        relay = RtpproxyService(settings.relay)
     if tunnel is None and relay is None:
         raise ConfigError("nothing to do: configure a tunnel or relay mode (--rtpproxy)")
     services: list[Service] = []
     handover = None
     if settings.cluster is not None:
+        from relay.cluster import node as cluster_node
         sync, handover = cluster_node.attach(settings.cluster, tunnel, relay)
         services.append(sync)
     if tunnel is not None:

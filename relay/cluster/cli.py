@@ -12,7 +12,7 @@ from pathlib import Path
 
 from relay.cluster import handover as ho
 from relay.cluster.anytun_sync_io import DEFAULT_PORT, parse_peers
-from relay.cluster.handover_io import HandoverOptions, check_address
+from relay.cluster.handover import HandoverOptions, check_address
 from relay.cluster.records import NODE_RE
 from relay.cluster.secrets import ClusterKey
 from relay.cluster.settings import ClusterSettings, RedisSettings

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.cluster.handover_io import HandoverOptions
+from relay.cluster.handover import HandoverOptions
 from relay.cluster.secrets import ClusterKey
 
 

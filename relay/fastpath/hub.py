@@ -35,6 +35,7 @@ NODE_COUNTERS = ("rx", "tx", "relayed", "short", "unknown_mux", "auth", "replay"
 NODE_DROPS = NODE_COUNTERS[3:20]
 CONN_DROPS = ("short", "auth", "replay", "too_old", "payload_type", "no_remote", "oversize",
               "send_error")
+COLLECT_BATCH = 256
 EVENT_KINDS = {1: "remote", 2: "restart", 3: "mac", 4: "stream_closed"}
 
 
@@ -151,6 +152,7 @@ class Hub:
         self._st = ffi.new("fp_hub_conn_stats *")
         self._rem = ffi.new("fp_remote *")
         self._capture: tuple[Any, Any] | None = None
+        self._batch: Any = None
 
     # -- life cycle -------------------------------------------------------------------------
     def _ptr(self) -> Any:
@@ -237,10 +239,14 @@ class Hub:
         lib.fp_hub_conn_replay_advance(self._ptr(), mux, sender_id, high & 0xFFFFFFFF)
 
     def replay_high_water(self, mux: int) -> dict[int, int]:
-        ids = ffi.new("uint16_t[]", 65536)
-        highs = ffi.new("uint32_t[]", 65536)
-        n = lib.fp_hub_conn_replay(self._ptr(), mux, ids, highs, 65536)
-        return {ids[i]: highs[i] for i in range(n)}
+        size = 64
+        while True:
+            ids = ffi.new("uint16_t[]", size)
+            highs = ffi.new("uint32_t[]", size)
+            n = lib.fp_hub_conn_replay(self._ptr(), mux, ids, highs, size)
+            if n < size or size == 65536:
+                return {ids[i]: highs[i] for i in range(n)}
+            size *= 32  # more sender IDs than anycast nodes usually have: ask for all
 
     def _stats(self, st: Any) -> ConnStats:
         high = None
@@ -256,11 +262,16 @@ class Hub:
             return None
         return self._stats(self._st)
 
-    def collect(self, limit: int = 65536) -> list[ConnStats]:
+    def collect(self) -> list[ConnStats]:
         """Connections whose counters or progress moved since the last call."""
-        out = ffi.new("fp_hub_conn_stats[]", limit)
-        n = lib.fp_hub_collect(self._ptr(), out, limit)
-        return [self._stats(out[i]) for i in range(n)]
+        if self._batch is None:  # reused: a tick must not allocate per configured client
+            self._batch = ffi.new("fp_hub_conn_stats[]", COLLECT_BATCH)
+        out: list[ConnStats] = []
+        while True:
+            n = lib.fp_hub_collect(self._ptr(), self._batch, COLLECT_BATCH)
+            out.extend(self._stats(self._batch[i]) for i in range(n))
+            if n < COLLECT_BATCH:
+                return out
 
     # -- routes and MACs --------------------------------------------------------------------
     def set_routes(self, routes: list[tuple[int, int, int, int]]) -> None:

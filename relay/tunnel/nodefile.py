@@ -18,7 +18,6 @@ import dataclasses
 import ipaddress
 import os
 import stat
-import tomllib
 from typing import Any
 
 from relay.runtime.errors import ConfigError
@@ -164,6 +163,7 @@ def parse_connection(where: str, c: dict, defaults: dict, transport: str) -> Con
 
 
 def parse(text: str, source: str = "config") -> ServerSettings:
+    import tomllib  # only nodes with a file read one (it costs the others memory)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
