@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING
 from relay.runtime.control import ControlServer
 from relay.runtime.daemon import Service
 from relay.runtime.errors import ConfigError
+from relay.runtime.health import HttpService, NodeHealth
 from relay.runtime.process import ProcessSettings
 from relay.tunnel.settings import PeerSettings, TunnelSettings
 
 # Each mode is imported when it is configured, not before: a point-to-point tunnel never
-# loads relay mode, the server assembly, the cluster (redis) or their dependencies.
+# loads relay mode, the server assembly, the cluster (redis), the HTTP server or what they
+# depend on.
 if TYPE_CHECKING:
     from relay.cluster.settings import ClusterSettings
     from relay.rtpproxy.settings import RelayConfig
@@ -32,6 +34,7 @@ class Settings:
     relay: RelayConfig | None = None
     cluster: ClusterSettings | None = None
     control_socket: str | None = None     # --control-socket; else the tunnel's, else abstract
+    http_listen: tuple[str, int] | None = None   # --http-listen: GET /health
 
 
 def build_tunnel(settings: TunnelSettings) -> TunnelNode:
@@ -49,7 +52,8 @@ def build(settings: Settings) -> list[Service]:
         from relay.rtpproxy.server import RtpproxyService
         relay = RtpproxyService(settings.relay)
     if tunnel is None and relay is None:
-        raise ConfigError("nothing to do: configure a tunnel or relay mode (--rtpproxy)")
+        raise ConfigError("nothing to do: configure a tunnel or relay mode "
+                          "(--rtpproxy, --listen-ng)")
     services: list[Service] = []
     handover = None
     if settings.cluster is not None:
@@ -63,9 +67,17 @@ def build(settings: Settings) -> list[Service]:
                 services.append(handover)
     if relay is not None:
         services.append(relay)
+    health = NodeHealth(list(services))
+    if settings.http_listen is not None:
+        from aarp.ops_http import OpsHttpServer
+        http = OpsHttpServer(*settings.http_listen)
+        health.attach_http(http)
+        services.append(HttpService(http))
     path = settings.control_socket or (tunnel.settings.node.control_socket if tunnel else None)
     others = list(services)
-    services.append(ControlServer(tunnel.device_name if tunnel else lambda: "rtpproxy",
-                                  lambda: {s.name: s.status() for s in others},
-                                  tunnel.reload if tunnel else None, path))
+    control = ControlServer(tunnel.device_name if tunnel else lambda: "rtpproxy",
+                            lambda: {s.name: s.status() for s in others},
+                            tunnel.reload if tunnel else None, path)
+    control.node_health = health
+    services.append(control)
     return services

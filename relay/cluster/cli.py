@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-M", "--sync-hosts", metavar="HOST[:PORT][,...]",
                    help=f"anytun sync protocol: read from these anytun -S listeners (default "
                    f"port {DEFAULT_PORT}); keys travel in clear")
+    g.add_argument("--health-needs-sync", action="store_true",
+                   help="report this node unhealthy (so announcers withdraw its anycast "
+                   "prefixes) while the --sync backend is unreachable")
     h = parser.add_argument_group("open tunnel mode across nodes (needs --sync redis://...)")
     h.add_argument("--handover", metavar="ADDR",
                    help="this node's unicast address: translate clients' flows into this "
@@ -65,11 +68,11 @@ HANDOVER_OPTIONS = ("handover", "handover_ports", "handover_block", "handover_vn
                     "handover_udp_port", "handover_table")
 _OPTIONS = ("sync", "sync_port", "sync_hosts", "sync_interface", "cluster_key_file",
             "sync_node", "sync_password_file", "sync_tls_ca", "sync_tls_cert", "sync_tls_key",
-            *HANDOVER_OPTIONS)
+            "health_needs_sync", *HANDOVER_OPTIONS)
 
 
 def requested(args: argparse.Namespace) -> bool:
-    return any(getattr(args, d, None) not in (None, []) for d in _OPTIONS)
+    return any(getattr(args, d, None) not in (None, [], False) for d in _OPTIONS)
 
 
 def _read_secret(path: str, what: str) -> str:
@@ -169,4 +172,5 @@ def settings_from_args(args: argparse.Namespace) -> ClusterSettings | None:
             peers = tuple(parse_peers(args.sync_hosts))
         except ValueError as exc:
             raise ConfigError(f"-M: {exc}") from None
-    return ClusterSettings(args.sync_node, redis, key, listen, peers, _handover(args))
+    return ClusterSettings(args.sync_node, redis, key, listen, peers, _handover(args),
+                           health_needs_sync=args.health_needs_sync)

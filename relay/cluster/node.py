@@ -37,6 +37,7 @@ def build(settings: ClusterSettings, sender_id: int) -> ClusterSync:
         except ValueError as exc:
             raise ConfigError(f"--sync: {exc}") from None
     svc = ClusterSync(Store(node), backend, cluster_key=settings.cluster_key)
+    svc.health_needs_backend = settings.health_needs_sync
     if settings.anytun_listen is not None:
         port, host = settings.anytun_listen
         svc.anytun_listener = SyncListener(port, host, svc.anytun_dump)

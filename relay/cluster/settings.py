@@ -27,3 +27,4 @@ class ClusterSettings:
     anytun_listen: tuple[int, str | None] | None = None   # -S port, -I address
     anytun_peers: tuple[tuple[str, int], ...] = ()        # -M
     handover: HandoverOptions | None = None
+    health_needs_sync: bool = False          # unhealthy while the backend is unreachable

@@ -185,6 +185,16 @@ int fp_rtp_event_fd(fp_rtp *r);
 int fp_rtp_next_event(fp_rtp *r, int *id, uint8_t *src, uint32_t *src_len);
 /* Accept events lost because Python fell behind (it resynchronises on the next re-wiring). */
 uint64_t fp_rtp_overflow(fp_rtp *r);
+/* Recording: with `on`, the leg copies every packet it accepts into a bounded ring (the packet
+ * is forwarded either way; a copy that finds the ring full is counted as lost). */
+int fp_rtp_leg_record(fp_rtp *r, int id, int on);
+/* Becomes readable when a quarter of the ring waits to be drained. */
+int fp_rtp_record_fd(fp_rtp *r);
+/* The next recorded packet: 1 with leg id, CLOCK_REALTIME ns, source and payload (cut to
+ * `cap`), or 0 when none waits. */
+int fp_rtp_record_next(fp_rtp *r, int *id, uint64_t *ts_ns, uint8_t *src, uint32_t *src_len,
+                       uint8_t *data, uint32_t cap, uint32_t *len);
+uint64_t fp_rtp_record_lost(fp_rtp *r);
 
 /* ---- offloads, reachable for tests ------------------------------------------------------ */
 

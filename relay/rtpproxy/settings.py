@@ -35,3 +35,5 @@ class RelayConfig:
     node: str = field(default_factory=socket.gethostname)
     socket_mode: int = 0o660
     socket_group: str | None = None
+    ng_controls: list[ControlSpec] = field(default_factory=list)   # --listen-ng (udp, udp6)
+    recording_dir: str | None = None

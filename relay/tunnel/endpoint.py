@@ -134,6 +134,21 @@ class Endpoint:
             log.log(NOTICE, "device %s removed", self.device.name)
         self.table.flush_progress()
 
+    def health(self) -> list[str]:
+        """Reasons this endpoint cannot carry traffic: no device, device down, no sockets."""
+        if self.device is None or self.device.closed:
+            return ["no tunnel device"]
+        reasons = []
+        try:
+            with open(f"/sys/class/net/{self.device.name}/flags") as f:
+                if not int(f.read(), 16) & 1:   # IFF_UP
+                    reasons.append(f"device {self.device.name} is down")
+        except (OSError, ValueError):
+            reasons.append(f"device {self.device.name} is gone")
+        if not self.transports:
+            reasons.append("no data sockets bound")
+        return reasons
+
     def _external_dataplane(self) -> fastplane.ExternalDataplane | None:
         mode = self.settings.dataplane_impl
         if mode == "python":
