@@ -401,3 +401,38 @@ def test_garbage_from_anywhere_reaches_nothing(rig: Rig) -> None:
             rig.clients[1].ctx.open(b"\0" * 30)
     finally:
         junk.close()
+
+
+def test_udplite_clients_are_served_like_udp_ones() -> None:
+    lite = 136
+    hub = Hub(HubConfig(routing=True, workers=1, replay=ReplayParams(64, 4)))
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, lite)
+    srv.bind(("127.0.0.1", 0))
+    srv.setblocking(False)
+    dev, dev_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    clients = {}
+    try:
+        hub.attach(0, "udplite", srv.fileno())
+        hub.attach(0, "device", dev.fileno())
+        keys = {m: key_of(f"lite-{m}", 16) for m in (1, 2)}
+        hub.put([(ConnSpec(m, SUITE, k, Role.LEFT, 64), 0) for m, k in keys.items()])
+        hub.set_routes([(4, ip4(f"10.8.{m}.0"), 24, m) for m in keys])
+        hub.start()
+        for m, k in keys.items():
+            c = Client(m, k)
+            c.sock.close()
+            c.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, lite)
+            c.sock.bind(("127.0.0.1", 0))
+            clients[m] = c
+        clients[2].send(srv.getsockname(), ipv4("10.8.2.2", "10.8.0.1"))
+        assert select.select([dev_peer], [], [], 3)[0] and dev_peer.recv(2000)
+        p = ipv4("10.8.1.2", "10.8.2.2", b"lite")
+        clients[1].send(srv.getsockname(), p)
+        assert clients[2].recv() == p
+        assert hub.conn(2).remote == HubRemote("udplite", *clients[2].sock.getsockname())
+    finally:
+        hub.close()
+        for s in (srv, dev, dev_peer):
+            s.close()
+        for c in clients.values():
+            c.close()
