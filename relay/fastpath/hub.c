@@ -728,6 +728,7 @@ int fp_hub_send(fp_hub *h, uint16_t mux, uint16_t ptype, const uint8_t *payload,
     int rc = -ENOENT;
     if (c) {
         w->now = hub_mono();
+        w->now_ns = (uint64_t)(w->now * 1e9);
         rc = hub_seal_to(w, c, ptype, payload, len, 0) ? 0 : -EMSGSIZE;
         hub_flush(w);
     }
