@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from relay.cluster.handover import HandoverOptions
 from relay.cluster.secrets import ClusterKey
+from relay.cluster.tcp_forward import AnycastTcpOptions
 
 
 @dataclass(frozen=True)
@@ -28,3 +29,4 @@ class ClusterSettings:
     anytun_peers: tuple[tuple[str, int], ...] = ()        # -M
     handover: HandoverOptions | None = None
     health_needs_sync: bool = False          # unhealthy while the backend is unreachable
+    anycast_tcp: AnycastTcpOptions | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 
@@ -30,7 +31,8 @@ class TransportError(RelayError):
 
 class UdpTransport:
     """One socket per address family (like anytun: 0.0.0.0 and [::] with V6ONLY), or one
-    socket bound to -i."""
+    socket bound to -i. No SO_REUSEADDR: a second daemon on the same address and port is
+    refused instead of silently taking a share of the datagrams."""
 
     def __init__(self, bind: str | None, port: int, families: tuple[int, ...] = (4, 6), *,
                  lite: bool = False, reuseport: bool = False) -> None:
@@ -48,14 +50,26 @@ class UdpTransport:
         self.send_errors = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _open_socket(self, family: int, host: str) -> socket.socket:
+    def _port_free(self, af: int, proto: int, host: str) -> None:
+        """A port held by anyone (another anytun-relay, with or without its own SO_REUSEPORT
+        group) is refused: a plain bind must succeed before the group takes the port."""
+        probe = socket.socket(af, socket.SOCK_DGRAM, proto)
+        try:
+            if af == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind((host, self.port))
+        finally:
+            probe.close()
+
+    def _open_socket(self, family: int, host: str, *, member: bool = False) -> socket.socket:
         af = socket.AF_INET if family == 4 else socket.AF_INET6
         proto = IPPROTO_UDPLITE if self.lite else 0
+        if self.reuseport and not member and self.port:
+            self._port_free(af, proto, host)
         sock = socket.socket(af, socket.SOCK_DGRAM, proto)
         try:
             if af == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self.reuseport:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
@@ -78,7 +92,7 @@ class UdpTransport:
             raise TransportError(f"no {self.kind} socket group for IPv{family}")
         host = self.sockets[family].getsockname()[0]
         try:
-            return self._open_socket(family, host)
+            return self._open_socket(family, host, member=True)
         except OSError as exc:
             raise TransportError(f"cannot open another {self.kind} socket on "
                                  f"{host}:{self.port}: {exc.strerror or exc}") from None
@@ -95,6 +109,12 @@ class UdpTransport:
             try:
                 self.sockets[family] = self._open_socket(family, host)
             except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    await self.close()
+                    where = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+                    raise TransportError(
+                        f"{self.kind} port {where} is in use (another anytun-relay or "
+                        "anytun running?)") from None
                 errors.append(f"{host}:{self.port}: {exc.strerror or exc}")
         if not self.sockets:
             raise TransportError(f"cannot open a {self.kind} socket: {'; '.join(errors)}")

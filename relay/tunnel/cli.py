@@ -1,4 +1,4 @@
-"""anytun-relay's tunnel options: anytun's command line, plus the transports of the seeds, read
+"""anytun-relay's tunnel options: anytun's command line, plus anytun-relay's own transports, read
 into TunnelSettings (relay.tunnel.settings). This is the only tunnel module that sees argparse.
 
 An anytun or uanytun command line works with anytun-relay in its place (same options, same
@@ -27,6 +27,7 @@ from relay.tunnel.device import IfConfig
 from relay.tunnel.routes import Prefix, RouteError
 from relay.tunnel.settings import (
     DATAPLANES,
+    DEFAULT_KEEPALIVE,
     DEFAULT_PORT,
     DEFAULT_WINDOW,
     TRANSPORTS,
@@ -100,8 +101,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _arg(x, "--transport", metavar="LIST",
          help="udp (default, anytun's), udplite (checksum over the header only; "
          "both ends anytun-relay), tcp (length-framed; with -r the client resolves "
-         "the anycast address through AARP and connects to the unicast address). "
-         "Servers may list several, e.g. udp,tcp")
+         "the anycast address through AARP and connects to the unicast address), "
+         "anycast-tcp (one TCP connection to the anycast address that survives route moves "
+         "and node failures in a cluster; see docs/tunnel.md). "
+         "Servers may list several, e.g. udp,tcp,anycast-tcp")
+    _arg(x, "--keepalive", type=float, metavar="SECONDS", selects=False,
+         help="anycast-tcp: send a keep-alive frame after this much silence (default "
+         f"{DEFAULT_KEEPALIVE:g}; both ends use the shorter of their two intervals)")
     _arg(x, "--no-aarp", action="store_true", selects=False, file_only=False,
          help="tcp client: connect to -r itself, without AARP resolving")
     _arg(x, "--mtu", type=int, metavar="N", selects=False,
@@ -211,9 +217,10 @@ def transports_from(args: argparse.Namespace) -> tuple[str, ...]:
     names = tuple(x.strip().lower() for x in (args.transport or "udp").split(",") if x.strip())
     for n in names:
         if n not in TRANSPORTS:
-            raise ConfigError(f"--transport: unknown transport {n!r}; use udp, udplite or tcp")
+            raise ConfigError(f"--transport: unknown transport {n!r}; use udp, udplite, tcp "
+                              "or anycast-tcp")
     if not names:
-        raise ConfigError("--transport: give at least one of udp, udplite, tcp")
+        raise ConfigError("--transport: give at least one of udp, udplite, tcp, anycast-tcp")
     return names
 
 
@@ -235,6 +242,11 @@ def node_from_args(args: argparse.Namespace) -> NodeSettings:
         raise ConfigError(f"--mtu must be 576..65535, not {args.mtu}")
     if not 64 <= args.max_datagram <= 65535:
         raise ConfigError(f"--max-datagram must be 64..65535, not {args.max_datagram}")
+    keepalive = DEFAULT_KEEPALIVE if args.keepalive is None else args.keepalive
+    if not 0.1 <= keepalive <= 3600:
+        raise ConfigError(f"--keepalive must be 0.1..3600 seconds, not {args.keepalive:g}")
+    if args.keepalive is not None and "anycast-tcp" not in transports_from(args):
+        raise ConfigError("--keepalive only applies to --transport anycast-tcp")
     bind = None
     if args.interface:
         try:
@@ -245,7 +257,7 @@ def node_from_args(args: argparse.Namespace) -> NodeSettings:
         interface=bind, port=args.port or DEFAULT_PORT, transports=transports_from(args),
         families=fams, sender_id=args.sender_id or 0, device=device_kind(args),
         device_name=args.dev, ifconfig=ifconfig, mtu=args.mtu, post_up=args.post_up_script,
-        max_datagram=args.max_datagram, seq_file=args.seq_file)
+        max_datagram=args.max_datagram, seq_file=args.seq_file, keepalive=keepalive)
 
 
 def open_tunnel_from(text: str | None, device: str) -> OpenTunnel | None:
@@ -289,12 +301,21 @@ def settings_from_args(args: argparse.Namespace) -> TunnelSettings | None:
     return _peer(args)
 
 
-def _from_file(args: argparse.Namespace) -> ServerSettings:
+def refuse_node_options(args: argparse.Namespace) -> None:
+    """With --config the file describes the node and its connections: refuse them on the
+    command line."""
     given = [d for d in _FILE_ONLY if _given(args, d)]
     if given:
         raise ConfigError(f"with --config, put the node's settings in the file "
                           f"(given on the command line: --{given[0].replace('_', '-')})")
-    return dataclasses.replace(nodefile.load(args.config), dataplane=args.dataplane)
+
+
+def _from_file(args: argparse.Namespace) -> ServerSettings:
+    refuse_node_options(args)
+    settings = nodefile.load(args.config)
+    if args.dataplane != "auto":   # given on the command line: it wins over [node].dataplane
+        settings = dataclasses.replace(settings, dataplane=args.dataplane)
+    return settings
 
 
 def _controld(args: argparse.Namespace) -> ServerSettings:
@@ -338,6 +359,9 @@ def _peer(args: argparse.Namespace) -> PeerSettings:
         tcp = TcpClient(args.remote_host, remote_port, not args.no_aarp)
     elif args.no_aarp and "tcp" not in node.transports:
         raise ConfigError("--no-aarp only applies to --transport tcp with -r")
+    if "anycast-tcp" in node.transports and args.remote_host and len(node.transports) > 1:
+        raise ConfigError("--transport anycast-tcp with -r is a client of the anycast "
+                          "address; give only anycast-tcp")
     if args.seq_file and args.seq_start is not None:
         raise ConfigError("--seq-file and --seq-start exclude each other")
     if args.seq_start is not None and not 0 <= args.seq_start < 1 << 32:

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from relay.fastpath import Engine, FastpathError, ReplayParams, SatpCrypto, available
 from relay.satp import PT_ETHERNET, PT_IPV4, PT_IPV6
-from relay.transport.remote import Remote
+from relay.transport.remote import STREAM_KINDS, Remote
 from relay.tunnel import packet as pk
 from relay.tunnel.dataplane import Dataplane, DataplaneConfig
 from relay.tunnel.table import (
@@ -43,7 +43,7 @@ from relay.tunnel.table import (
     Progress,
     RemoteChanged,
 )
-from relay.tunnel.tundev import VNET_HDR_LEN, TunSwitchError, set_vnet_hdr
+from relay.tunnel.tundev import IFF_PERSIST, VNET_HDR_LEN, TunSwitchError, flags_of, set_vnet_hdr
 
 log = logging.getLogger("anytun-relay.fastpath")
 LOCAL = "local"
@@ -53,6 +53,13 @@ _DROP_NAMES = {"rx_short": "short", "rx_auth": "auth", "rx_replay": "replay",
                "rx_bad_type": "payload_type", "tx_no_remote": "no_remote",
                "tx_oversize": "oversize_dropped", "tx_error": "send_error",
                "rx_dev_error": "device_write"}
+
+
+def _persistent(fd: int) -> bool:
+    try:
+        return bool(flags_of(fd)[1] & IFF_PERSIST)
+    except OSError:
+        return False
 
 
 @dataclass
@@ -114,7 +121,9 @@ def create_dataplane(handoff: Handoff) -> FastPlane | None:
     why = None
     if cfg.routing:
         why = "several connections (routing) are handled by the Python data plane"
-    elif not handoff.udp_sockets or len(handoff.udp_sockets) > 2:
+    elif not handoff.udp_sockets or len(handoff.udp_sockets) > 2 or \
+            set(handoff.transports) - {"udp", "udplite"}:
+        # (another transport's datagrams would reach the Python plane: two seq counters)
         why = "the fast path carries SATP over UDP and UDP-Lite only"
     elif (conn := handoff.table.get(cfg.default_mux)) is None:
         why = f"no connection with mux {cfg.default_mux}"
@@ -175,7 +184,8 @@ class FastPlane:
             replay=ReplayParams.of(conn.replay), tap=self.h.device_kind == "tap",
             vnet_hdr=self.vnet, max_payload=self.h.config.max_datagram - spec.suite.overhead,
             roam=True, gso=offloads and not self.h.udp_lite,
-            remote=(remote.host, remote.port) if remote and remote.transport != "tcp" else None)
+            remote=(remote.host, remote.port) if remote and remote.transport not in STREAM_KINDS
+            else None)
         self._remote = remote
         for sid, high in conn.replay.high_water().items():
             self.engine.replay_advance(sid, high)
@@ -203,7 +213,9 @@ class FastPlane:
             self._unsubscribe()
             self._unsubscribe = None
         self._stop_engine()
-        if self.vnet:
+        # a device that is not persistent disappears with its fd: nothing to give back (and
+        # re-attaching it needs CAP_NET_ADMIN, which a daemon may have given up by now)
+        if self.vnet and _persistent(self.h.device_fd):
             try:
                 set_vnet_hdr(self.h.device_fd, False)
                 self.vnet = False
@@ -283,7 +295,7 @@ class FastPlane:
             if event.remote != self._remote and self.engine is not None:
                 self._remote = event.remote
                 r = event.remote
-                self.engine.set_remote(None if r is None or r.transport == "tcp"
+                self.engine.set_remote(None if r is None or r.transport in STREAM_KINDS
                                        else (r.host, r.port))
         elif isinstance(event, Progress) and event.origin != LOCAL and self.engine is not None:
             self.engine.advance_seq(event.send_seq)

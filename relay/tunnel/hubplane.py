@@ -14,6 +14,10 @@ The connection table stays the source of truth; this module keeps the C tables e
   status` shows the same figures as with the Python plane.
 * Packets too big for the tunnel come back and get the Python plane's answer.
 
+Transports: UDP, UDP-Lite and `--transport tcp` streams; with any other (anycast-tcp, whose
+framing has a C codec in relay/fastpath/anycast_framing.c that the hub's stream framings,
+relay/fastpath/stream.c, can take next) the node stays on the Python plane as a whole.
+
 Cores: one worker per core (RELAY_FASTPATH_WORKERS overrides), each with its own queue of the
 multi-queue TUN/TAP device and its own member of each UDP socket's SO_REUSEPORT group, so a
 client's datagrams stay on one worker. Stream sockets (--transport tcp) are handed over by
@@ -84,6 +88,11 @@ def create_dataplane(handoff: Handoff) -> HubPlane | None:
     cfg = handoff.config
     if not cfg.routing and "tcp" not in handoff.transports:
         return None  # one connection over UDP: the point-to-point engine
+    foreign = sorted(set(handoff.transports) - {"udp", "udplite", "tcp"})
+    if foreign:  # its datagrams would reach the Python plane: two planes, two seq counters
+        log.info("fast path declined: the %s transport runs on the Python data plane",
+                 ", ".join(foreign))
+        return None
     try:
         return HubPlane(handoff)
     except FastpathError as exc:
