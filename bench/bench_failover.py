@@ -36,7 +36,7 @@ from lab.netns import stop_process
 from lab.services import wait_port
 
 REDIS_PORT = 6390
-RELAY = [sys.executable, "-m", "relay.cli", "-D", "-L", "stdout:3"]
+RELAY = [sys.executable, "-m", "relay", "-D", "-L", "stdout:3"]
 
 
 def _node_toml(j: int) -> str:

@@ -84,9 +84,9 @@ def relays() -> dict[str, Relay | str]:
     from relay import fastpath
     # RELAY_FASTPATH_MEDIA=0 makes the daemon relay in Python (relay.rtpproxy.fastmedia)
     out[PY_MEDIA] = Relay(PY_MEDIA, ["env", "RELAY_FASTPATH_MEDIA=0", sys.executable, "-m",
-                                     "relay.cli", *args])
+                                     "relay", *args])
     if fastpath.available():
-        out[C_MEDIA] = Relay(C_MEDIA, [sys.executable, "-m", "relay.cli", *args])
+        out[C_MEDIA] = Relay(C_MEDIA, [sys.executable, "-m", "relay", *args])
     else:
         out[C_MEDIA] = fastpath.unavailable_reason() or "fast path not built"
     rtpengine = shutil.which("rtpengine") or ("/usr/bin/rtpengine"

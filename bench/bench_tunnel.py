@@ -74,7 +74,7 @@ def _relay_available() -> str | None:
 
 
 def _relay_command() -> list[str]:
-    return [sys.executable, "-m", "relay.cli"]
+    return [sys.executable, "-m", "relay"]
 
 
 IMPLS = {

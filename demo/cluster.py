@@ -35,10 +35,10 @@ def _node(lab: AnycastLab, story: Story, j: int, redis: str) -> subprocess.Popen
                     f'device_name = "tunc"\nifconfig = ["10.9.0.1/16"]\n\n'
                     f'[defaults]\nrole = "server"\n\n{conns}')
     node = lab.server(j)
-    proc = node.popen([sys.executable, "-m", "relay.cli", "-D", "-L", "stderr:3", "--config",
+    proc = node.popen([sys.executable, "-m", "relay", "-D", "-L", "stderr:3", "--config",
                        str(path), "--sync", redis, "--sync-node", f"s{j}"],
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait(lambda: node.run([sys.executable, "-m", "relay.cli", "health", "tunc"],
+    _wait(lambda: node.run([sys.executable, "-m", "relay", "health", "tunc"],
                            check=False).returncode == 0, 20)
     return proc
 
@@ -109,7 +109,7 @@ def chapter_cluster(lab: AnycastLab, story: Story) -> None:
         def drain() -> None:
             story.say("client 1 downloads 3 MB from client 2 through the tunnel; "
                       "`anytun-relay drain` on node 1")
-            out = lab.server(1).run([sys.executable, "-m", "relay.cli", "drain", "--timeout",
+            out = lab.server(1).run([sys.executable, "-m", "relay", "drain", "--timeout",
                                      "20", "tunc"], check=False, timeout=40)
             story.say(f"drain: {out.stdout.strip() or out.stderr.strip()}")
             story.check(fabric is not None and fabric.paths() == {2},

@@ -32,7 +32,7 @@ def chapter_relay(lab: AnycastLab, story: Story) -> None:
                 "--rtp-ports", "40000-40999"]
         story.say(f"{node.name}: {' '.join(argv)}")
         with relay_log.open("w") as out:
-            procs.append(node.popen([sys.executable, "-m", "relay.cli", *argv[1:]],
+            procs.append(node.popen([sys.executable, "-m", "relay", *argv[1:]],
                                     stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT)))
         wait_port(node, 22222, "udp")
         (work / "kamailio.cfg").write_text(labkit.kamailio_cfg(

@@ -12,7 +12,7 @@ from demo.story import Story
 from lab import AA4, AnycastLab, Node
 from lab.netns import stop_process
 
-RELAY = [sys.executable, "-m", "relay.cli"]
+RELAY = [sys.executable, "-m", "relay"]
 
 
 def _wait_dev(node: Node, dev: str, proc: subprocess.Popen, timeout: float = 15,

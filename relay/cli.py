@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from aarp.ops import cli as opscli
 from relay import __version__, configfile, node, status
@@ -59,9 +61,26 @@ SECTIONS: tuple[tuple[str, Callable[[argparse.ArgumentParser], None]], ...] = (
     ("relay", rtpproxy_cli.add_arguments), ("cluster", cluster_cli.add_arguments))
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's own, with the terminal width found without shutil (argparse would import it,
+    and with it the compression modules, only for that)."""
+
+    def __init__(self, prog: str, **kwargs: Any) -> None:
+        if kwargs.get("width") is None:
+            try:
+                columns = int(os.environ["COLUMNS"])
+            except (KeyError, ValueError):
+                try:
+                    columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+                except (AttributeError, ValueError, OSError):
+                    columns = 80
+            kwargs["width"] = columns - 2
+        super().__init__(prog, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="anytun-relay",
+        prog="anytun-relay", formatter_class=_HelpFormatter,
         description="Anycast tunnel endpoint speaking SATP (wire-compatible with anytun and "
         "uanytun, and accepting their options), anycast tunnel server, rtpproxy-protocol "
         "media relay, with state sync between the servers of one anycast address.",

@@ -23,7 +23,6 @@ import argparse
 import copy
 import os
 import re
-import tomllib
 from typing import Any
 
 from relay.runtime.errors import ConfigError
@@ -136,6 +135,7 @@ class Loaded:
 
 
 def load(parser: argparse.ArgumentParser, args: argparse.Namespace, path: str) -> Loaded:
+    import tomllib  # only with --config (it costs every other daemon memory)
     text = nodefile.read_text(path)
     try:
         doc = tomllib.loads(text)

@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from relay.cluster import node as cluster_node
-from relay.cluster.settings import ClusterSettings
-from relay.rtpproxy.server import RelayConfig, RtpproxyService
 from relay.runtime.control import ControlServer
 from relay.runtime.daemon import Service
 from relay.runtime.errors import ConfigError
 from relay.runtime.health import NodeHealth
 from relay.runtime.process import ProcessSettings
-from relay.tunnel import peer, server
-from relay.tunnel.node import TunnelNode
 from relay.tunnel.settings import PeerSettings, ServerSettings, TunnelSettings
 
 PRIVILEGED_PORTS = 1024
+
+# Each mode is imported when it is configured, not before: a point-to-point tunnel never
+# loads relay mode, the server assembly, the cluster (redis), the HTTP server or what they
+# depend on.
+if TYPE_CHECKING:
+    from relay.cluster.settings import ClusterSettings
+    from relay.rtpproxy.settings import RelayConfig
+    from relay.tunnel.node import TunnelNode
 
 
 @dataclass(frozen=True)
@@ -39,12 +43,19 @@ class Settings:
 
 
 def build_tunnel(settings: TunnelSettings) -> TunnelNode:
-    return peer.build(settings) if isinstance(settings, PeerSettings) else server.build(settings)
+    if isinstance(settings, PeerSettings):
+        from relay.tunnel import peer
+        return peer.build(settings)
+    from relay.tunnel import server
+    return server.build(settings)
 
 
 def build(settings: Settings) -> list[Service]:
     tunnel = build_tunnel(settings.tunnel) if settings.tunnel is not None else None
-    relay = RtpproxyService(settings.relay) if settings.relay is not None else None
+    relay = None
+    if settings.relay is not None:
+        from relay.rtpproxy.server import RtpproxyService
+        relay = RtpproxyService(settings.relay)
     if tunnel is None and relay is None:
         raise ConfigError("nothing to do: configure a tunnel or relay mode "
                           "(--rtpproxy, --listen-ng)")
@@ -54,6 +65,7 @@ def build(settings: Settings) -> list[Service]:
         if settings.cluster.anycast_tcp is not None and settings.process.user:
             raise ConfigError("--anycast-tcp re-creates connections with TCP_REPAIR, which "
                               "needs CAP_NET_ADMIN: do not combine it with -u")
+        from relay.cluster import node as cluster_node
         sync, handover, anycast_tcp = cluster_node.attach(settings.cluster, tunnel, relay)
         services.append(sync)
     if tunnel is not None:

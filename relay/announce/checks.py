@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -85,6 +83,8 @@ class HttpCheck:
         self.label = url
 
     def run(self, timeout: float) -> CheckResult:
+        import urllib.error  # here: urllib.request drags email, tempfile... into every daemon
+        import urllib.request
         try:
             with urllib.request.urlopen(self.url, timeout=timeout) as resp:
                 code, body = resp.status, resp.read(65536)

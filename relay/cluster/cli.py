@@ -13,11 +13,11 @@ from pathlib import Path
 from relay.cluster import handover as ho
 from relay.cluster import tcp_forward as tf
 from relay.cluster.anytun_sync_io import DEFAULT_PORT, parse_peers
-from relay.cluster.handover_io import HandoverOptions, check_address
+from relay.cluster.handover import HandoverOptions, check_address
 from relay.cluster.records import NODE_RE
 from relay.cluster.secrets import ClusterKey
 from relay.cluster.settings import ClusterSettings, RedisSettings
-from relay.cluster.tcp_forward_io import AnycastTcpOptions
+from relay.cluster.tcp_forward import AnycastTcpOptions
 from relay.runtime.errors import ConfigError
 
 

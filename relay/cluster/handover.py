@@ -35,7 +35,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from relay.runtime.errors import RelayError
+from relay.runtime.errors import ConfigError, RelayError
 
 DEFAULT_PORTS = (10240, 32767)   # below Linux's ephemeral ports (32768-60999)
 DEFAULT_BLOCK = 1024
@@ -271,3 +271,23 @@ def peer_commands(layout: Layout, old: list[Member], new: list[Member]
                 onlink = " onlink" if fam == "-4" else ""
                 ip.append(f"route replace {h} via {h} dev {ho}{onlink} table {table}")
     return ip, bridge
+
+
+@dataclass(frozen=True)
+class HandoverOptions:
+    address: str
+    ports: tuple[int, int] = DEFAULT_PORTS
+    block: int = DEFAULT_BLOCK
+    vni: int = DEFAULT_VNI
+    udp_port: int = DEFAULT_UDP_PORT
+    table: int = DEFAULT_TABLE
+
+
+def check_address(text: str, option: str = "--handover") -> str:
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: give this node's unicast IP address") from None
+    if addr.is_multicast or addr.is_unspecified or addr.is_loopback:
+        raise ConfigError(f"{option} {text}: give this node's unicast IP address")
+    return str(addr)

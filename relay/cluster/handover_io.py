@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from relay.cluster import handover as ho
+from relay.cluster.handover import HandoverOptions, check_address  # noqa: F401 (were here)
 from relay.cluster.records import Record
 from relay.cluster.service import ClusterSync
 from relay.runtime.errors import ConfigError
@@ -22,16 +21,6 @@ from relay.tunnel.endpoint import Endpoint
 from relay.tunnel.kernel import OpenTunnelNat
 
 log = logging.getLogger("anytun-relay.handover")
-
-
-@dataclass(frozen=True)
-class HandoverOptions:
-    address: str
-    ports: tuple[int, int] = ho.DEFAULT_PORTS
-    block: int = ho.DEFAULT_BLOCK
-    vni: int = ho.DEFAULT_VNI
-    udp_port: int = ho.DEFAULT_UDP_PORT
-    table: int = ho.DEFAULT_TABLE
 
 
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -230,13 +219,3 @@ class HandoverService:
                     st[key] = {"packets": int((stats / f"{name}_packets").read_text()),
                                "bytes": int((stats / f"{name}_bytes").read_text())}
         return st
-
-
-def check_address(text: str, option: str = "--handover") -> str:
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        raise ConfigError(f"{option} {text!r}: give this node's unicast IP address") from None
-    if addr.is_multicast or addr.is_unspecified or addr.is_loopback:
-        raise ConfigError(f"{option} {text}: give this node's unicast IP address")
-    return str(addr)

@@ -15,9 +15,6 @@ import os
 import string
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from relay.runtime.errors import RelayError
 
 PREFIX = "gcm1:"
@@ -31,6 +28,7 @@ class ClusterKey:
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise ValueError("the cluster key is 32 bytes")
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # on first use
         self._aead = AESGCM(key)
         self.fingerprint = hashlib.sha256(b"anytun-relay cluster key" + key).hexdigest()[:16]
 
@@ -67,6 +65,7 @@ class ClusterKey:
             raise SecretError("sealed value is not base64") from None
         if len(raw) < 12 + 16:
             raise SecretError("sealed value too short")
+        from cryptography.exceptions import InvalidTag
         try:
             return self._aead.decrypt(raw[:12], raw[12:], context.encode())
         except InvalidTag:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.cluster.handover_io import HandoverOptions
+from relay.cluster.handover import HandoverOptions
 from relay.cluster.secrets import ClusterKey
-from relay.cluster.tcp_forward_io import AnycastTcpOptions
+from relay.cluster.tcp_forward import AnycastTcpOptions
 
 
 @dataclass(frozen=True)

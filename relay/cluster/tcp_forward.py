@@ -321,3 +321,18 @@ def parse_proc_tcp(text: str, anycast: set[str], ports: set[int]
             continue
         out[Flow(laddr, port, _proc_addr(rhost), int(rport, 16))] = (state, held)
     return out
+
+
+@dataclass(frozen=True)
+class AnycastTcpOptions:
+    address: str                           # this node's unicast address (the link's underlay)
+    anycast: tuple[str, ...]               # the service addresses
+    ports: tuple[int, ...] = ()            # services besides the transport's port
+    vni: int = DEFAULT_VNI
+    udp_port: int = DEFAULT_UDP_PORT
+    table: int = DEFAULT_TABLE
+    group: int = DEFAULT_GROUP
+    device: str = DEFAULT_DEVICE
+    beat: float = 0.25
+    timeout: float = 1.0
+    scan: float = 2.0

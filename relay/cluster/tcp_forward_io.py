@@ -29,7 +29,6 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -39,6 +38,7 @@ from relay.cluster.handover_io import uplink_of
 from relay.cluster.records import Record, make
 from relay.cluster.secrets import ClusterKey
 from relay.cluster.service import ClusterSync
+from relay.cluster.tcp_forward import AnycastTcpOptions
 from relay.cluster.tcp_nflog import NflogError, NflogSocket
 from relay.cluster.tcp_takeover import Reinjector, TakeoverError, release, repair
 from relay.runtime.errors import ConfigError
@@ -61,21 +61,6 @@ class Adopter(Protocol):
     def adopt(self, sock: socket.socket) -> bool: ...
 
     def forget(self, remote) -> None: ...
-
-
-@dataclass(frozen=True)
-class AnycastTcpOptions:
-    address: str                           # this node's unicast address (the link's underlay)
-    anycast: tuple[str, ...]               # the service addresses
-    ports: tuple[int, ...] = ()            # services besides the transport's port
-    vni: int = tf.DEFAULT_VNI
-    udp_port: int = tf.DEFAULT_UDP_PORT
-    table: int = tf.DEFAULT_TABLE
-    group: int = tf.DEFAULT_GROUP
-    device: str = tf.DEFAULT_DEVICE
-    beat: float = 0.25
-    timeout: float = 1.0
-    scan: float = 2.0
 
 
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -5,9 +5,11 @@
     replay.py    ReplayParams, ReplayWindow: relay.satp.ReplayGuard in C, same verdicts
     sockaddr.py  socket addresses as the C side takes them
     engine.py    Engine: one tunnel connection between a device and UDP sockets, on C threads
+    hub.py       Hub: server mode -- many connections, routes, MACs, streams -- on C workers
 
-The users sit above: relay.tunnel.fastplane (the tunnel endpoint's fast plane) and
-relay.rtpproxy.fastmedia (relay mode's media path, relay/fastpath/rtp.c). The extension is
+The users sit above: relay.tunnel.fastplane and relay.tunnel.hubplane (the tunnel
+endpoint's fast planes) and relay.rtpproxy.fastmedia (relay mode's media path,
+relay/fastpath/rtp.c). The extension is
 optional: `available()` says whether it was built (it needs a C compiler and the OpenSSL
 headers at install time); without it the packet paths run on the Python data planes.
 """

@@ -14,8 +14,9 @@ from pathlib import Path
 import cffi
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("satp.c", "replay.c", "offload.c", "engine.c", "rtp.c", "anycast_framing.c")
-HEADERS = ("fastpath.h", "internal.h")
+SOURCES = ("satp.c", "replay.c", "offload.c", "engine.c", "rtp.c", "anycast_framing.c",
+           "lpm.c", "mactab.c", "stream.c", "hub.c", "hub_core.c", "hub_io.c")
+HEADERS = ("fastpath.h", "internal.h", "hub.h")
 C_FLAGS = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-O2", "-D_GNU_SOURCE", "-pthread",
            "-fvisibility=hidden", "-fno-strict-aliasing"]
 

@@ -235,4 +235,185 @@ int fp_atcp_decode(fp_atcp *st, const uint8_t *buf, size_t avail, size_t *off, s
 long fp_offload_coalesce(int fd, int tcp, int uso, const uint8_t *buf, const uint32_t *lens,
                          size_t n);
 
+/* ---- server mode: many connections, routes, MAC learning, streams (hub*.c) ---------------- */
+
+/* The semantics are those of relay/tunnel/dataplane.py (the reference, property-tested
+ * against this); concurrency and memory layout are described in hub.h. All fp_hub_* calls
+ * except the workers' own come from one control thread at a time (they take a lock). */
+
+#define FP_HUB_MAX_WORKERS 32
+#define FP_CD_COUNT 8
+#define FP_NC_COUNT 28
+
+enum fp_remote_kind { FP_RK_NONE = 0, FP_RK_UDP = 1, FP_RK_UDPLITE = 2, FP_RK_STREAM = 3 };
+enum fp_framing_id { FP_FRAMING_LENGTH = 1 }; /* 2-byte length + datagram (--transport tcp) */
+enum fp_hub_fd_kind { FP_FD_DEVICE = 0, FP_FD_UDP = 1, FP_FD_UDPLITE = 2 };
+
+/* Where a peer is: a UDP / UDP-Lite address, or a stream (its id; addr is the stream's peer). */
+typedef struct fp_remote {
+    uint32_t kind;
+    uint32_t stream;
+    uint32_t addr_len;
+    uint8_t addr[28];    /* struct sockaddr_in / sockaddr_in6 */
+} fp_remote;
+
+typedef struct fp_route {
+    uint8_t version;     /* 4 or 6 */
+    uint8_t length;      /* prefix length */
+    uint16_t mux;
+    uint8_t addr[16];    /* network address, network byte order (IPv4: first 4 bytes) */
+} fp_route;
+
+typedef struct fp_hub_config {
+    int tap;             /* TAP device: Ethernet frames, MAC learning */
+    int routing;         /* several connections: routes / MACs pick one (else default_mux) */
+    int tunneling;       /* with routing: client-to-client packets go straight across */
+    uint16_t sender_id;
+    uint16_t default_mux;
+    int max_datagram;    /* largest datagram sent (the peers read 1600) */
+    int vnet_hdr;        /* the device fds carry virtio-net headers (TUN offloads) */
+    int gso;             /* UDP GSO/GRO on UDP sockets where the kernel offers them */
+    int workers;         /* worker threads, 1..FP_HUB_MAX_WORKERS */
+    fp_replay_params replay; /* the restart policy; the window size is per connection */
+} fp_hub_config;
+
+typedef struct fp_hub_conn_spec {
+    uint16_t mux;
+    int role;            /* 0 left, 1 right */
+    fp_suite suite;
+    uint32_t window;
+    uint32_t key_len;    /* = suite.kd_key_len (0 for null kd) */
+    uint8_t key[32];
+    uint8_t salt[14];
+} fp_hub_conn_spec;
+
+/* Connection drops, in this order; the names are the Python plane's. */
+enum fp_conn_drop {
+    FP_CD_SHORT = 0, FP_CD_AUTH = 1, FP_CD_REPLAY = 2, FP_CD_TOO_OLD = 3,
+    FP_CD_PAYLOAD_TYPE = 4, FP_CD_NO_REMOTE = 5, FP_CD_OVERSIZE = 6, FP_CD_SEND_ERROR = 7
+};
+
+/* Node counters, in this order (rx/tx/relayed and drops as the Python plane, then the C
+ * plane's own). */
+enum fp_node_counter {
+    FP_NC_RX = 0, FP_NC_TX = 1, FP_NC_RELAYED = 2, FP_NC_SHORT = 3, FP_NC_UNKNOWN_MUX = 4,
+    FP_NC_AUTH = 5, FP_NC_REPLAY = 6, FP_NC_TOO_OLD = 7, FP_NC_PAYLOAD_TYPE = 8,
+    FP_NC_MALFORMED = 9, FP_NC_NO_ROUTE = 10, FP_NC_NO_CONNECTION = 11, FP_NC_NO_REMOTE = 12,
+    FP_NC_OVERSIZE = 13, FP_NC_NO_TRANSPORT = 14, FP_NC_SEND_ERROR = 15,
+    FP_NC_DEVICE_WRITE = 16, FP_NC_STREAM_DROPPED = 17, FP_NC_STREAM_SKIPPED = 18,
+    FP_NC_NO_MEMORY = 19, FP_NC_RX_SYSCALLS = 20, FP_NC_TX_SYSCALLS = 21,
+    FP_NC_TX_BATCHED = 22, FP_NC_SLOW = 23, FP_NC_SEGMENTED = 24, FP_NC_COALESCED = 25,
+    FP_NC_RESTART = 26, FP_NC_EVENTS_LOST = 27
+};
+
+typedef struct fp_hub_conn_stats {
+    uint16_t mux;
+    uint32_t gen;        /* instance: a removed and re-added MUX gets a new one */
+    uint32_t next_seq;
+    uint64_t rx_packets, rx_bytes, tx_packets, tx_bytes, restarts;
+    uint64_t drops[FP_CD_COUNT];
+    uint32_t nsenders;   /* replay senders known; the first 4 follow */
+    uint16_t sender_ids[4];
+    uint32_t sender_highs[4];
+    fp_remote remote;    /* where it sends to now (roaming included) */
+} fp_hub_conn_stats;
+
+enum fp_hub_event_kind {
+    FP_HEV_REMOTE = 1,        /* mux's peer learned or moved (remote) */
+    FP_HEV_RESTART = 2,       /* mux's sender restarted its seqs (sender_id, seq) */
+    FP_HEV_MAC = 3,           /* a frame from mux came from mac: learn it? (Python decides) */
+    FP_HEV_STREAM_CLOSED = 4  /* stream remote.stream ended (error: 0 or errno) */
+};
+
+typedef struct fp_hub_event {
+    uint32_t kind;
+    uint16_t mux;
+    uint16_t sender_id;
+    uint32_t gen;
+    uint32_t seq;
+    int32_t error;
+    uint8_t mac[6];
+    fp_remote remote;
+} fp_hub_event;
+
+typedef struct fp_hub_info {
+    uint32_t workers, connections, streams;
+    uint32_t offloads;   /* FP_OFF_* */
+    uint64_t table_bytes;      /* connection, key, route and MAC tables */
+    uint64_t index_bytes;      /* of which the fixed MUX index (65536 pointers) */
+    uint64_t active_bytes;     /* crypto contexts and replay windows of active connections */
+    uint32_t active_rx, active_tx;
+} fp_hub_info;
+
+typedef struct fp_hub_out {
+    uint32_t kind;       /* 1: to the device, 2: to the network (remote) */
+    fp_remote remote;
+    uint32_t off, len;   /* in the caller's buffer */
+} fp_hub_out;
+
+typedef struct fp_hub fp_hub;
+
+fp_hub *fp_hub_new(const fp_hub_config *cfg, char *err, size_t errlen);
+/* Gives worker `worker` an fd to serve (FP_FD_*), before fp_hub_start. The fds stay the
+ * caller's and must be non-blocking; every worker may send on every UDP socket. */
+int fp_hub_attach(fp_hub *h, int worker, int kind, int fd);
+int fp_hub_start(fp_hub *h, char *err, size_t errlen);
+/* Stops and joins the workers and frees everything (closing the streams' fds). */
+void fp_hub_free(fp_hub *h);
+void fp_hub_info_get(fp_hub *h, fp_hub_info *out);
+
+/* Adds or updates connections. Unchanged: nothing happens. New keys, role or algorithms: a
+ * new sequence space (next seq = seqs[i]) and window. Only the window: a new window. Returns
+ * how many were applied, or -1 (err names the entry; the ones before it stay applied). */
+long fp_hub_conn_put(fp_hub *h, const fp_hub_conn_spec *specs, const uint32_t *seqs, size_t n,
+                     char *err, size_t errlen);
+int fp_hub_conn_remove(fp_hub *h, uint16_t mux);
+/* NULL or kind FP_RK_NONE forgets the remote. */
+int fp_hub_conn_set_remote(fp_hub *h, uint16_t mux, const fp_remote *r);
+/* forward_only: only if `seq` is ahead (another node sent up to there). */
+int fp_hub_conn_set_seq(fp_hub *h, uint16_t mux, uint32_t seq, int forward_only);
+int fp_hub_conn_replay_advance(fp_hub *h, uint16_t mux, uint16_t sender_id, uint32_t high);
+size_t fp_hub_conn_replay(fp_hub *h, uint16_t mux, uint16_t *ids, uint32_t *highs, size_t max);
+/* 1 and the stats and remote of mux, 0 if there is no such connection. */
+int fp_hub_conn_get(fp_hub *h, uint16_t mux, fp_hub_conn_stats *st, fp_remote *remote);
+
+/* Replaces the whole route table. */
+int fp_hub_routes_set(fp_hub *h, const fp_route *routes, size_t n, char *err, size_t errlen);
+int fp_hub_route_lookup(fp_hub *h, int version, const uint8_t *addr);
+int fp_hub_mac_set(fp_hub *h, const uint8_t *mac, uint16_t mux);
+void fp_hub_mac_forget(fp_hub *h, uint16_t mux);
+int fp_hub_mac_get(fp_hub *h, const uint8_t *mac);
+
+/* Hands a connected stream socket to the hub (which closes it when it ends); returns the
+ * stream id (> 0) or 0 (full, bad framing or fd). */
+uint32_t fp_hub_stream_add(fp_hub *h, int fd, int framing, const uint8_t *peer,
+                           uint32_t peer_len);
+int fp_hub_stream_close(fp_hub *h, uint32_t id);
+/* CLOCK_MONOTONIC seconds of the stream's last received bytes, or -1 if it is gone. */
+double fp_hub_stream_last_rx(fp_hub *h, uint32_t id);
+
+/* Connections whose counters or progress moved since the last call (up to max). */
+size_t fp_hub_collect(fp_hub *h, fp_hub_conn_stats *out, size_t max);
+void fp_hub_node_counters(fp_hub *h, uint64_t *out, size_t n);
+/* An eventfd, readable while events or slow packets wait. */
+int fp_hub_event_fd(fp_hub *h);
+int fp_hub_next_event(fp_hub *h, fp_hub_event *ev);
+/* The next packet the data plane left to Python (too big for the tunnel to mux): its length,
+ * 0 when none waits. buf must hold 65536 bytes. */
+long fp_hub_next_slow(fp_hub *h, uint16_t *mux, uint16_t *ptype, uint8_t *buf, size_t cap);
+/* Seal and send one packet to mux from the caller's thread (fragments, ICMP errors). */
+int fp_hub_send(fp_hub *h, uint16_t mux, uint16_t ptype, const uint8_t *payload, size_t len);
+/* Frees what the workers no longer see, refreshes the flood list, resets learning budgets:
+ * call a few times a second. */
+void fp_hub_maintain(fp_hub *h);
+/* Tests: one packet through the decisions on the calling thread, outputs captured in buf.
+ * from_device 0: a datagram from `from`. Returns the number of outputs, or -1 if they did
+ * not fit. */
+long fp_hub_probe(fp_hub *h, int from_device, const uint8_t *pkt, size_t len,
+                  const fp_remote *from, double now, fp_hub_out *outs, size_t maxouts,
+                  uint8_t *buf, size_t cap);
+/* Tests: fp_hub_send with the output captured as by fp_hub_probe. */
+long fp_hub_probe_send(fp_hub *h, uint16_t mux, uint16_t ptype, const uint8_t *payload,
+                       size_t len, fp_hub_out *outs, size_t maxouts, uint8_t *buf, size_t cap);
+
 #endif

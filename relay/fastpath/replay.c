@@ -181,11 +181,13 @@ int fp_replay_accept(fp_replay *r, uint16_t sender_id, uint32_t seq, double now)
     }
     uint32_t back = st->high - seq; /* 0 for seq == high */
     if (r->p.size && back < r->p.size) {
-        if (get_bit(r, st, seq))
-            return FP_REPLAY;
-        set_bit(r, st, seq);
-        st->last_fresh = now;
-        return FP_IN_WINDOW;
+        if (!get_bit(r, st, seq)) {
+            set_bit(r, st, seq);
+            st->last_fresh = now;
+            return FP_IN_WINDOW;
+        }
+        /* seen before: a replay, or a restarted peer's packet (a candidate, as below) */
+        return restart(r, st, seq, now) ? FP_RESTART : FP_REPLAY;
     }
     if (restart(r, st, seq, now))
         return FP_RESTART;

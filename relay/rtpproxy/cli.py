@@ -9,8 +9,8 @@ import os
 import socket
 
 from relay.rtpproxy.ports import parse_port_range
-from relay.rtpproxy.server import DEFAULT_CONTROL_PORT, ControlSpec, RelayConfig
 from relay.rtpproxy.sessions import LATCH_POLICIES
+from relay.rtpproxy.settings import DEFAULT_CONTROL_PORT, ControlSpec, RelayConfig
 from relay.runtime.errors import ConfigError
 
 DEFAULT_PORTS = "35000-65000"

@@ -25,7 +25,6 @@ import resource
 import socket
 import stat
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 from relay.rtpproxy import ng, protocol
 from relay.rtpproxy.commands import Controller
@@ -34,44 +33,14 @@ from relay.rtpproxy.media import MediaEngine
 from relay.rtpproxy.ports import PairAllocator, PortAllocator
 from relay.rtpproxy.recording import Recordings
 from relay.rtpproxy.sessions import Change, SessionTable
+from relay.rtpproxy.settings import ControlSpec, RelayConfig
 from relay.runtime.errors import ConfigError
 
 log = logging.getLogger("anytun-relay.rtpproxy")
 
-DEFAULT_CONTROL_PORT = 22222
 REPLY_CACHE = 4096
 REPLY_CACHE_SECONDS = 30.0
 STREAM_READ_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class ControlSpec:
-    """Where the control protocol listens: kind "udp" / "udp6" (host, port) or "unix" (path)."""
-
-    kind: str
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    def __str__(self) -> str:
-        if self.kind == "unix":
-            return f"unix:{self.path}"
-        return f"{self.kind}:[{self.host}]:{self.port}" if ":" in self.host else \
-            f"{self.kind}:{self.host}:{self.port}"
-
-
-@dataclass
-class RelayConfig:
-    controls: list[ControlSpec]
-    addresses: list[str]                   # first: internal (I), second: external (E)
-    port_range: tuple[int, int] = (35000, 64998)
-    timeout: float = 60.0
-    latch: str = "ip"
-    node: str = field(default_factory=socket.gethostname)
-    socket_mode: int = 0o660
-    socket_group: str | None = None
-    ng_controls: list[ControlSpec] = field(default_factory=list)   # --listen-ng (udp, udp6)
-    recording_dir: str | None = None
 
 
 class ReplyCache:

@@ -13,9 +13,8 @@ import hmac
 import struct
 from typing import NamedTuple
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from relay.runtime.errors import RelayError
+from relay.satp import aes
 from relay.satp.kdf import KeyDerivation, Role
 from relay.satp.keys import MasterKey
 from relay.satp.suite import Suite
@@ -62,16 +61,15 @@ class SatpContext:
         self.role = role
         self._kd = KeyDerivation(master, suite.kd_key_len, suite.cipher_key_len, suite.auth)
         self._tag = suite.tag_len
-        self._aes = algorithms.AES if suite.cipher_key_len else None
+        self._aes = bool(suite.cipher_key_len)
         self._min_len = HEADER_LEN + 2 + suite.tag_len
 
     def _crypt(self, key: bytes, salt: bytes, seq: int, sid: int, mux: int,
                data: bytes) -> bytes:
-        if self._aes is None:
+        if not self._aes:
             return data
         ctr = int.from_bytes(salt, "big") << 16 ^ (mux << 80) ^ (sid << 64) ^ (seq << 16)
-        enc = Cipher(self._aes(key), modes.CTR(ctr.to_bytes(16, "big"))).encryptor()
-        return enc.update(data)
+        return aes.ctr(key, ctr.to_bytes(16, "big")).update(data)
 
     def seal(self, seq: int, sender_id: int, mux: int, payload_type: int,
              payload: bytes) -> bytes:

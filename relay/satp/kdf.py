@@ -15,8 +15,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import NamedTuple
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
+from relay.satp import aes
 from relay.satp.keys import MasterKey
 
 _MASK128 = (1 << 128) - 1
@@ -73,7 +72,7 @@ class KeyDerivation:
             return
         if master is None or len(master.key) != kd_key_len:
             raise ValueError("the master key length must equal the kd key length")
-        self._ecb = Cipher(algorithms.AES(master.key), modes.ECB()).encryptor()
+        self._ecb = aes.ecb(master.key)
         base = int.from_bytes(master.salt + b"\0\0", "big")
         for role, labels in LABELS.items():
             self._starts[role] = tuple(base ^ (lab << 48) for lab in labels)  # type: ignore

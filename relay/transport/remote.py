@@ -6,6 +6,8 @@ own kind; the connection table remembers each connection's Remote.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import socket
 from typing import NamedTuple
 
@@ -28,6 +30,10 @@ class Remote(NamedTuple):
 
 def resolve_host(host: str, families: tuple[int, ...]) -> str:
     """First address of `host` in the allowed families (numeric addresses pass through)."""
+    with contextlib.suppress(ValueError):  # a literal: no resolver (nor its IDNA codec)
+        addr = ipaddress.ip_address(host)
+        if addr.version in families:
+            return str(addr)
     af = {(4,): socket.AF_INET, (6,): socket.AF_INET6}.get(families, socket.AF_UNSPEC)
     infos = socket.getaddrinfo(host, None, af, socket.SOCK_DGRAM)
     if not infos:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from relay.transport import Deliver
 from relay.transport.framing import Deframer, frame
@@ -29,6 +31,18 @@ RECONNECT_MIN, RECONNECT_MAX = 0.5, 10.0
 Resolve = Callable[[], Awaitable[tuple[str, int]]]
 
 
+class Adopted(Protocol):
+    """A stream the C data plane took over (it reads and writes the socket from then on)."""
+
+    def close(self) -> None: ...      # end it; the data plane reports the end
+
+    def last_rx(self) -> float: ...   # loop time of the last bytes it received
+
+
+# adopt(fd, remote, on_end): take a connected stream's fd (a dup: the hub closes it), or None
+Adopt = Callable[[int, Remote, Callable[[], None]], "Adopted | None"]
+
+
 class _Stream(asyncio.Protocol):
     def __init__(self, owner: TcpTransport) -> None:
         self.owner = owner
@@ -38,6 +52,7 @@ class _Stream(asyncio.Protocol):
         self.last_rx = 0.0
         self.opened = 0.0
         self.closed = asyncio.get_running_loop().create_future()
+        self.adopted: Adopted | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -47,6 +62,34 @@ class _Stream(asyncio.Protocol):
         self.last_rx = self.opened = asyncio.get_running_loop().time()
         if not self.owner._register(self):
             transport.abort()
+        elif self.owner.adopt is not None:
+            self._hand_over(transport)
+
+    def _hand_over(self, transport: asyncio.Transport) -> None:
+        """Nothing was read yet (asyncio starts reading after connection_made): the C data
+        plane gets the socket with every byte still in the kernel's buffer."""
+        fd = os.dup(transport.get_extra_info("socket").fileno())
+        adopted = self.owner.adopt(fd, self.remote, self._adopted_end)  # type: ignore
+        if adopted is None:
+            os.close(fd)
+            return
+        self.adopted = adopted
+        self.transport = None
+        transport.abort()  # closes asyncio's fd only; the connection lives on in the dup
+
+    def _adopted_end(self) -> None:
+        self.owner._unregister(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def close(self) -> None:
+        if self.adopted is not None:
+            self.adopted.close()
+        elif self.transport is not None:
+            self.transport.close()
+
+    def idle_since(self) -> float:
+        return self.adopted.last_rx() if self.adopted is not None else self.last_rx
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = asyncio.get_running_loop().time()
@@ -57,6 +100,8 @@ class _Stream(asyncio.Protocol):
             self.owner._deliver(batch)  # type: ignore[arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.adopted is not None:
+            return  # handed over: the data plane reports the real end
         self.owner._unregister(self)
         if not self.closed.done():
             self.closed.set_result(None)
@@ -72,6 +117,7 @@ class TcpTransport:
         # datagram. Unproven streams are closed soon and evicted first, so junk connections
         # cannot hold every slot.
         self.proven = proven or (lambda r: True)
+        self.adopt: Adopt | None = None  # the C data plane's hook (relay.tunnel.hubplane)
         self.listen = listen
         self.connect = connect
         self.on_connected = on_connected
@@ -87,12 +133,12 @@ class TcpTransport:
         if len(self.streams) >= MAX_STREAMS:
             victim = min((s for s in self.streams.values() if not self.proven(s.remote)),
                          key=lambda s: s.opened, default=None)  # type: ignore[arg-type]
-            if victim is None or victim.transport is None:
+            if victim is None or (victim.transport is None and victim.adopted is None):
                 log.warning("refusing TCP connection from %s: %d streams open",
                             stream.remote, MAX_STREAMS)
                 return False
             self._unregister(victim)
-            victim.transport.abort()
+            victim.close()
         self.streams[stream.remote] = stream  # type: ignore[index]
         log.info("TCP stream from/to %s open", stream.remote)
         return True
@@ -101,6 +147,16 @@ class TcpTransport:
         if self.streams.get(stream.remote) is stream:  # type: ignore[arg-type]
             del self.streams[stream.remote]  # type: ignore[arg-type]
             log.info("TCP stream %s closed", stream.remote)
+
+    def set_adopt(self, adopt: Adopt | None) -> None:
+        """From now on hand every stream to `adopt` (the C data plane), including those already
+        open that have not delivered anything yet; None: streams stay here."""
+        self.adopt = adopt
+        if adopt is None:
+            return
+        for s in list(self.streams.values()):
+            if s.transport is not None and not s.deframer.pending and s.last_rx == s.opened:
+                s._hand_over(s.transport)
 
     async def open(self, deliver: Deliver) -> None:
         self._deliver = deliver
@@ -146,11 +202,11 @@ class TcpTransport:
             await asyncio.sleep(UNPROVEN_TIMEOUT / 2)
             now = loop.time()
             for s in list(self.streams.values()):
-                if s.transport is None:
+                if s.transport is None and s.adopted is None:
                     continue
-                if s.last_rx < now - IDLE_TIMEOUT or \
+                if s.idle_since() < now - IDLE_TIMEOUT or \
                         (s.opened < now - UNPROVEN_TIMEOUT and not self.proven(s.remote)):
-                    s.transport.close()
+                    s.close()
 
     def send_batch(self, datagrams: list[tuple[bytes, Remote]]) -> None:
         for data, remote in datagrams:
@@ -173,6 +229,8 @@ class TcpTransport:
         for s in list(self.streams.values()):
             if s.transport is not None:
                 s.transport.abort()
+            elif s.adopted is not None:
+                s.adopted.close()
         self.streams.clear()
 
     def filenos(self) -> list[int]:

@@ -35,9 +35,12 @@ class UdpTransport:
     refused instead of silently taking a share of the datagrams."""
 
     def __init__(self, bind: str | None, port: int, families: tuple[int, ...] = (4, 6), *,
-                 lite: bool = False) -> None:
+                 lite: bool = False, reuseport: bool = False) -> None:
         self.kind = "udplite" if lite else "udp"
         self.lite = lite
+        # SO_REUSEPORT: the C data plane's workers each get a socket of the same group, and
+        # the kernel keeps each client (4-tuple) on one of them
+        self.reuseport = reuseport
         self.bind = bind
         self.port = port
         self.families = families
@@ -47,13 +50,28 @@ class UdpTransport:
         self.send_errors = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _open_socket(self, family: int, host: str) -> socket.socket:
+    def _port_free(self, af: int, proto: int, host: str) -> None:
+        """A port held by anyone (another anytun-relay, with or without its own SO_REUSEPORT
+        group) is refused: a plain bind must succeed before the group takes the port."""
+        probe = socket.socket(af, socket.SOCK_DGRAM, proto)
+        try:
+            if af == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind((host, self.port))
+        finally:
+            probe.close()
+
+    def _open_socket(self, family: int, host: str, *, member: bool = False) -> socket.socket:
         af = socket.AF_INET if family == 4 else socket.AF_INET6
         proto = IPPROTO_UDPLITE if self.lite else 0
+        if self.reuseport and not member and self.port:
+            self._port_free(af, proto, host)
         sock = socket.socket(af, socket.SOCK_DGRAM, proto)
         try:
             if af == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if self.reuseport:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
@@ -66,6 +84,18 @@ class UdpTransport:
             sock.close()
             raise
         return sock
+
+    def open_member(self, family: int) -> socket.socket:
+        """One more socket of the SO_REUSEPORT group of the `family` socket (the caller owns
+        it: it is not read here)."""
+        if not self.reuseport or family not in self.sockets:
+            raise TransportError(f"no {self.kind} socket group for IPv{family}")
+        host = self.sockets[family].getsockname()[0]
+        try:
+            return self._open_socket(family, host, member=True)
+        except OSError as exc:
+            raise TransportError(f"cannot open another {self.kind} socket on "
+                                 f"{host}:{self.port}: {exc.strerror or exc}") from None
 
     async def open(self, deliver: Deliver) -> None:
         self._loop = asyncio.get_running_loop()

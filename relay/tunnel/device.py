@@ -24,6 +24,7 @@ TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_MULTI_QUEUE = 0x0100
 IFNAMSIZ = 16
 DEFAULT_MTU = 1400  # what anytun and uanytun set with -n
 READ_SIZE = 65536
@@ -58,7 +59,8 @@ def _ip(*args: str) -> None:
 class Device:
     """An open TUN or TAP device (non-blocking fd)."""
 
-    def __init__(self, kind: str = "tun", name: str | None = None) -> None:
+    def __init__(self, kind: str = "tun", name: str | None = None, *,
+                 multi_queue: bool = False) -> None:
         if kind not in ("tun", "tap"):
             raise DeviceError(f"device type must be tun or tap, not {kind!r}")
         self.kind = kind
@@ -70,6 +72,8 @@ class Device:
         except OSError as exc:
             raise DeviceError(f"cannot open /dev/net/tun: {exc.strerror}") from None
         flags = (IFF_TUN if kind == "tun" else IFF_TAP) | IFF_NO_PI
+        if multi_queue:  # a server's workers each read a queue of their own
+            flags |= IFF_MULTI_QUEUE
         try:
             ifr = fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", pattern.encode(), flags))
         except OSError as exc:

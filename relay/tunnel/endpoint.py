@@ -29,7 +29,7 @@ from relay.transport.anycast_tcp import AnycastTcpTransport
 from relay.transport.remote import Remote
 from relay.transport.tcp import TcpTransport
 from relay.transport.udp import TransportError, UdpTransport
-from relay.tunnel import fastplane
+from relay.tunnel import fastplane, hubplane
 from relay.tunnel.dataplane import Dataplane, DataplaneConfig
 from relay.tunnel.device import Device, DeviceError, IfConfig
 from relay.tunnel.table import Connection, ConnectionTable, Event, RemoteChanged
@@ -87,7 +87,9 @@ class Endpoint:
                     conn.spec.suite.describe(), conn.spec.window, s.dataplane.sender_id,
                     conn.send_seq)
         try:
-            self.device = Device(s.device_kind, s.device_name)
+            # a server's C workers each read a queue of the device and a socket of their own
+            many = s.dataplane.routing and s.dataplane_impl != "python"
+            self.device = Device(s.device_kind, s.device_name, multi_queue=many)
             log.log(NOTICE, "%s device %s opened", s.device_kind, self.device.name)
             self.device.configure(s.ifconfig, s.mtu, s.extra_addresses)
             if s.post_up:
@@ -95,7 +97,8 @@ class Endpoint:
             for kind in s.transports:
                 t: UdpTransport | TcpTransport | AnycastTcpTransport
                 if kind in ("udp", "udplite"):
-                    t = UdpTransport(s.bind, s.port, s.families, lite=kind == "udplite")
+                    t = UdpTransport(s.bind, s.port, s.families, lite=kind == "udplite",
+                                     reuseport=many)
                 elif kind == "anycast-tcp":
                     t = AnycastTcpTransport(
                         listen=(s.bind, s.port) if s.anycast_listen else None,
@@ -170,8 +173,10 @@ class Endpoint:
         handoff = fastplane.Handoff(self.device.fd, self.device.kind, self.device.name,
                           list(udp.sockets.values()) if isinstance(udp, UdpTransport) else [],
                           "udplite" in self.transports, self.table, self.settings.dataplane,
-                          self.dataplane, self._send, self._write_device)
-        ext = fastplane.create_dataplane(handoff)
+                          self.dataplane, self._send, self._write_device,
+                          dict(self.transports))
+        ext: fastplane.ExternalDataplane | None = hubplane.create_dataplane(handoff) or \
+            fastplane.create_dataplane(handoff)
         if ext is None and mode == "fast":
             raise ConfigError("--dataplane fast: the fast path declined this configuration")
         if ext is not None:
@@ -258,6 +263,9 @@ class Endpoint:
 
     # -- status -----------------------------------------------------------------------------------
     def status(self) -> dict:
+        refresh = getattr(self.external, "refresh", None)
+        if refresh is not None:  # the fast plane's latest figures into the table first
+            refresh()
         dev = self.device
         out = {
             "device": None if dev is None else {"name": dev.name, "kind": dev.kind,

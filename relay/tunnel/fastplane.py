@@ -26,7 +26,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from relay.fastpath import Engine, FastpathError, ReplayParams, SatpCrypto, available
@@ -77,6 +77,7 @@ class Handoff:
     slow_path: Dataplane                 # for packets the fast path does not handle
     send: Callable[[list[tuple[bytes, Remote]]], None]  # send via the endpoint's transports
     to_device: Callable[[list[bytes]], None]
+    transports: dict[str, Any] = field(default_factory=dict)  # kind -> Udp/TcpTransport
 
 
 class ExternalDataplane(Protocol):
@@ -87,6 +88,24 @@ class ExternalDataplane(Protocol):
     def stop(self) -> None: ...
 
     def status(self) -> dict: ...
+
+
+def answer_oversize(pkt: bytes, ptype: int, room: int, send: Callable[[int, bytes], None],
+                    write_device: Callable[[bytes], None]) -> None:
+    """What the Python plane does with a packet too big for one datagram (Dataplane._oversize):
+    IPv4 without DF is fragmented and sent, other IP packets get an ICMP "too big" into the
+    device (the kernel learns the tunnel's MTU), frames just drop."""
+    if ptype == PT_IPV4:
+        frags = pk.fragment_ipv4(pkt, room)
+        if frags:
+            for f in frags:
+                with contextlib.suppress(OSError):
+                    send(PT_IPV4, f)
+            return
+    if ptype in (PT_IPV4, PT_IPV6):
+        err = pk.too_big(pkt, room if ptype == PT_IPV4 else max(room, 1280))
+        if err is not None:
+            write_device(err)
 
 
 def offloads_wanted() -> bool:
@@ -102,7 +121,9 @@ def create_dataplane(handoff: Handoff) -> FastPlane | None:
     why = None
     if cfg.routing:
         why = "several connections (routing) are handled by the Python data plane"
-    elif not handoff.udp_sockets or len(handoff.udp_sockets) > 2:
+    elif not handoff.udp_sockets or len(handoff.udp_sockets) > 2 or \
+            set(handoff.transports) - {"udp", "udplite"}:
+        # (another transport's datagrams would reach the Python plane: two seq counters)
         why = "the fast path carries SATP over UDP and UDP-Lite only"
     elif (conn := handoff.table.get(cfg.default_mux)) is None:
         why = f"no connection with mux {cfg.default_mux}"
@@ -252,24 +273,13 @@ class FastPlane:
             self._oversize(pkt)
 
     def _oversize(self, pkt: bytes) -> None:
-        """What the Python plane does with a packet too big for one datagram."""
         eng, conn = self.engine, self.conn
         if eng is None or conn is None:
             return
         conn.drops["oversize"] += 1
-        room = self.h.config.max_datagram - conn.spec.suite.overhead
         ptype = PT_ETHERNET if self.h.device_kind == "tap" else pk.payload_type_of(pkt)
-        if ptype == PT_IPV4:
-            frags = pk.fragment_ipv4(pkt, room)
-            if frags:
-                for f in frags:
-                    with contextlib.suppress(OSError):
-                        eng.send(PT_IPV4, f)
-                return
-        if ptype in (PT_IPV4, PT_IPV6):
-            err = pk.too_big(pkt, room if ptype == PT_IPV4 else max(room, 1280))
-            if err is not None:
-                self._write_device(err)
+        answer_oversize(pkt, ptype, self.h.config.max_datagram - conn.spec.suite.overhead,
+                        eng.send, self._write_device)
 
     def _write_device(self, packet: bytes) -> None:
         prefix = bytes(VNET_HDR_LEN) if self.vnet else b""

@@ -18,7 +18,6 @@ import dataclasses
 import ipaddress
 import os
 import stat
-import tomllib
 from typing import Any
 
 from relay.runtime.errors import ConfigError
@@ -179,6 +178,7 @@ def _keepalive(where: str, n: dict, transports: tuple[str, ...]) -> float:
 
 
 def parse(text: str, source: str = "config") -> ServerSettings:
+    import tomllib  # only nodes with a file read one (it costs the others memory)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -46,10 +46,11 @@ class Prefix:
 class RouteTable:
     """prefix -> mux with longest-prefix-match lookup on (version, address as int)."""
 
-    __slots__ = ("_lengths", "_maps", "_routes")
+    __slots__ = ("_by_mux", "_lengths", "_maps", "_routes")
 
     def __init__(self) -> None:
         self._routes: dict[Prefix, int] = {}
+        self._by_mux: dict[int, set[Prefix]] = {}  # a connection's routes without a scan
         self._maps: dict[int, dict[int, dict[int, int]]] = {4: {}, 6: {}}
         self._lengths: dict[int, list[int]] = {4: [], 6: []}
 
@@ -57,6 +58,9 @@ class RouteTable:
         """Route `prefix` to `mux`; returns the MUX it pointed to before, if any."""
         old = self._routes.get(prefix)
         self._routes[prefix] = mux
+        if old is not None and old != mux:
+            self._unindex(prefix, old)
+        self._by_mux.setdefault(mux, set()).add(prefix)
         bits = BITS[prefix.version]
         maps = self._maps[prefix.version]
         m = maps.get(prefix.length)
@@ -70,6 +74,7 @@ class RouteTable:
         mux = self._routes.pop(prefix, None)
         if mux is None:
             return None
+        self._unindex(prefix, mux)
         bits = BITS[prefix.version]
         maps = self._maps[prefix.version]
         m = maps[prefix.length]
@@ -79,8 +84,19 @@ class RouteTable:
             self._lengths[prefix.version] = sorted(maps, reverse=True)
         return mux
 
+    def _unindex(self, prefix: Prefix, mux: int) -> None:
+        mine = self._by_mux.get(mux)
+        if mine is not None:
+            mine.discard(prefix)
+            if not mine:
+                del self._by_mux[mux]
+
+    def of_mux(self, mux: int) -> list[Prefix]:
+        """The prefixes routed to `mux`."""
+        return sorted(self._by_mux.get(mux, ()))
+
     def remove_mux(self, mux: int) -> list[Prefix]:
-        gone = [p for p, m in self._routes.items() if m == mux]
+        gone = self.of_mux(mux)
         for p in gone:
             self.remove(p)
         return gone

@@ -52,7 +52,6 @@ class ConnectionSpec:
 @dataclass(eq=False, slots=True)
 class Connection:
     spec: ConnectionSpec
-    ctx: SatpContext
     replay: ReplayGuard
     remote: Remote | None
     send_seq: int = 0
@@ -62,10 +61,19 @@ class Connection:
     tx_bytes: int = 0
     drops: Counter = field(default_factory=Counter)
     dirty: bool = False
+    _ctx: SatpContext | None = field(default=None, repr=False)
 
     @property
     def mux(self) -> int:
         return self.spec.mux
+
+    @property
+    def ctx(self) -> SatpContext:
+        """The keys in Python, made on first use: with the C data plane (which has its own)
+        an idle client costs no OpenSSL context here."""
+        if self._ctx is None:
+            self._ctx = SatpContext(self.spec.suite, self.spec.master, self.spec.role)
+        return self._ctx
 
 
 # -- notifications ----------------------------------------------------------------------------
@@ -139,6 +147,7 @@ class ConnectionTable:
         self.by_mux: dict[int, Connection] = {}
         self.routes = RouteTable()
         self.macs: dict[bytes, int] = {}
+        self._macs_of: dict[int, set[bytes]] = {}  # per connection, to cap and drop them
         self._subscribers: list[Subscriber] = []
         self._replay_options = replay_options or {}
 
@@ -157,8 +166,10 @@ class ConnectionTable:
 
     # -- connections --------------------------------------------------------------------------
     def _build(self, spec: ConnectionSpec, send_seq: int) -> Connection:
-        return Connection(spec, SatpContext(spec.suite, spec.master, spec.role),
-                          ReplayGuard(spec.window, **self._replay_options), spec.remote,
+        kd = spec.suite.kd_key_len
+        if kd and (spec.master is None or len(spec.master.key) != kd):
+            raise ValueError("the master key length must equal the kd key length")
+        return Connection(spec, ReplayGuard(spec.window, **self._replay_options), spec.remote,
                           send_seq)
 
     def put(self, spec: ConnectionSpec, *, send_seq: int = 0, origin: str = LOCAL) -> Connection:
@@ -175,7 +186,7 @@ class ConnectionTable:
             conn = old
             if old.spec.crypto_key() != spec.crypto_key():
                 fresh = self._build(spec, send_seq)
-                conn.ctx, conn.replay, conn.send_seq = fresh.ctx, fresh.replay, send_seq
+                conn._ctx, conn.replay, conn.send_seq = None, fresh.replay, send_seq
             elif old.spec.window != spec.window:
                 conn.replay = ReplayGuard(spec.window, **self._replay_options)
             conn.spec = spec
@@ -187,10 +198,10 @@ class ConnectionTable:
 
     def _sync_routes(self, conn: Connection, origin: str) -> None:
         wanted = set(conn.spec.routes)
-        for prefix, mux in self.routes.items():
-            if mux == conn.mux and prefix not in wanted:
+        for prefix in self.routes.of_mux(conn.mux):
+            if prefix not in wanted:
                 self.routes.remove(prefix)
-                self._emit(RouteRemoved(prefix, mux, origin))
+                self._emit(RouteRemoved(prefix, conn.mux, origin))
         for prefix in conn.spec.routes:
             if self.routes.get(prefix) != conn.mux:
                 self.add_route(prefix, conn.mux, origin=origin)
@@ -201,7 +212,7 @@ class ConnectionTable:
             return False
         for prefix in self.routes.remove_mux(mux):
             self._emit(RouteRemoved(prefix, mux, origin))
-        for mac in [m for m, x in self.macs.items() if x == mux]:
+        for mac in self._macs_of.pop(mux, ()):
             del self.macs[mac]
         self._emit(ConnectionRemoved(mux, origin))
         return True
@@ -238,10 +249,14 @@ class ConnectionTable:
     def learn_mac(self, mac: bytes, mux: int, *, origin: str = LOCAL) -> None:
         if self.macs.get(mac) == mux:
             return
-        if mac not in self.macs and \
-                sum(1 for m in self.macs.values() if m == mux) >= MAX_MACS_PER_CONNECTION:
+        mine = self._macs_of.setdefault(mux, set())
+        if mac not in self.macs and len(mine) >= MAX_MACS_PER_CONNECTION:
             return  # a client may not fill the node's memory with made-up MACs
+        old = self.macs.get(mac)
+        if old is not None:
+            self._macs_of[old].discard(mac)
         self.macs[mac] = mux
+        mine.add(mac)
         self._emit(MacLearned(mac, mux, origin))
 
     # -- progress (cluster sync, seq file) ---------------------------------------------------

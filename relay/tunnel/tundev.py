@@ -23,6 +23,7 @@ TUNSETPERSIST = 0x400454CB
 TUNGETIFF = 0x800454D2
 IFF_VNET_HDR = 0x4000
 IFF_PERSIST = 0x0800
+IFF_MULTI_QUEUE = 0x0100
 IFNAMSIZ = 16
 VNET_HDR_LEN = 10
 
@@ -73,3 +74,18 @@ def set_vnet_hdr(fd: int, on: bool) -> bool:
         with contextlib.suppress(OSError):
             fcntl.ioctl(fd, TUNSETPERSIST, 0)
     return True
+
+
+def open_queue(fd: int) -> int | None:
+    """Another queue of the multi-queue device behind `fd` (same flags, non-blocking), for a
+    worker of its own; None if the device has one queue only."""
+    name, flags = flags_of(fd)
+    if not flags & IFF_MULTI_QUEUE:
+        return None
+    q = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(q, TUNSETIFF, struct.pack("16sH", name.encode(), flags & ~IFF_PERSIST))
+    except OSError:
+        os.close(q)
+        raise
+    return q

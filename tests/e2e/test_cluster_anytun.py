@@ -149,8 +149,8 @@ def test_mixed_cluster_real_anytun_and_anytun_relay(lab_factory, tmp_path: Path)
                                "-n", "10.8.0.1/16", "-m", "1", "-E", "mixed-pass", "-e", "left",
                                "-R", "10.8.1.0/24", "-S", "2323", "-I", s1.ip4,
                                "-M", f"{s2.ip4}:2323"), "tun7", "10.8.0.1"),
-        tu.start(s2, tu.relay("--config", str(conf), "-S", "2323", "-I", s2.ip4,
-                              "-M", f"{s1.ip4}:2323"), "tun7", "10.8.0.1"),
+        tu.start(s2, tu.fast("--config", str(conf), "-S", "2323", "-I", s2.ip4,
+                             "-M", f"{s1.ip4}:2323"), "tun7", "10.8.0.1"),
     ]
     try:
         tu.wait_for(lambda: s2.run([*tu.RELAY, "status", "tun7"], check=False,

@@ -62,7 +62,8 @@ class Cluster:
     def start_node(self, j: int) -> None:
         path = self.tmp / f"s{j}.toml"
         path.write_text(node_config(j))
-        self.nodes[j] = tu.start(self.lab.server(j), tu.relay(
+        # the nodes run the C data plane (refused if it declines): what a server runs by default
+        self.nodes[j] = tu.start(self.lab.server(j), tu.fast(
             "--config", str(path), "--sync", self.url, "--sync-node", f"s{j}",
             "--handover", self.lab.server(j).ip4), "tun7", "10.8.0.1")
         # the device comes up before the last services (handover, control socket) start

@@ -26,7 +26,7 @@ def test_relay_and_tunnel_in_one_daemon(lab_factory, tmp_path: Path) -> None:
     s1, caller, callee = lab.server(1), lab.client, lab.hosts[0]
     log = tmp_path / "daemon.log"
     with log.open("w") as out:
-        daemon = s1.popen([sys.executable, "-m", "relay.cli", "-D", "-L", "stderr:5",
+        daemon = s1.popen([sys.executable, "-m", "relay", "-D", "-L", "stderr:5",
                            "-i", s1.ip4, "-p", "4444", "-d", "tunrelay", "-t", "tun",
                            "-n", "192.168.77.1/24", "-E", "secret", "-e", "left",
                            "--rtpproxy", CTL, "--rtp-address", AA4,

@@ -17,7 +17,7 @@ from lab import AnycastLab, Node
 from lab.netns import LabError, stop_process
 from tests.conftest import require, require_program
 
-RELAY = [sys.executable, "-m", "relay.cli"]
+RELAY = [sys.executable, "-m", "relay"]
 
 SECRET = ["-E", "secret"]
 NULL = ["-c", "null", "-a", "null", "-k", "null"]
