@@ -2,7 +2,9 @@
 
 Sequence numbers compare as serial numbers (RFC 1982 style, modulo 2^32), so the wrap is
 handled without special cases. The window remembers the highest accepted seq and which of the
-`size` seqs below it were already seen.
+`size` seqs below it were already seen. Any seq ahead of the highest (up to 2^31 - 1 ahead) is
+fresh, as spec/satp.md §3 says; the flags never hold more than `size` bits, so the work per
+packet is bounded by the window size, whatever the sender puts into the seq field.
 
 Peers that restart at seq 0 (anytun and uanytun always do) look like replayers to a receiver
 that kept its window. Our answer, which does not reopen replays while the peer is alive:
@@ -85,7 +87,8 @@ class ReplayGuard:
             return Verdict.FRESH
         ahead = (seq - st.high) % _MOD
         if ahead and ahead < _HALF:
-            st.seen = ((st.seen << ahead) | 1) & self._mask() if self.size else 1
+            # a jump past the window forgets every flag: the cost never grows with the jump
+            st.seen = ((st.seen << ahead) | 1) & self._mask() if ahead < self.size else 1
             st.high = seq
             st.last_fresh = now
             st.run_len = 0

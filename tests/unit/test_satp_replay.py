@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+import tracemalloc
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -119,3 +123,56 @@ def test_no_seq_is_ever_accepted_twice(size: int, seqs: list[int]) -> None:
         if v.accepted:
             assert s not in accepted
             accepted.add(s)
+
+
+# -- jumps far ahead: judged by the window rules, at a cost bounded by the window size ------------
+
+JUMP = 2**31 - 1  # the farthest a seq can be ahead (serial arithmetic)
+
+
+@pytest.mark.parametrize("size", [0, 1, 64, 1024, 2**20])
+def test_huge_jumps_cost_nothing_and_follow_the_window_rules(size: int) -> None:
+    """300 datagrams each 2^31 - 1 ahead used to shift a 2^31-bit integer apiece (minutes of
+    CPU, hundreds of MB); now the window forgets its flags instead."""
+    g = ReplayGuard(size)
+    seq = 7
+    assert g.accept(0, seq, 0) is V.FRESH
+    tracemalloc.start()
+    started = time.process_time()
+    try:
+        for _ in range(300):
+            seq = (seq + JUMP) % 2**32
+            assert g.accept(0, seq, 0) is V.FRESH  # ahead of the highest: fresh (§3)
+            assert g.senders[0].seen.bit_length() <= max(size, 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.process_time() - started < 5.0  # generous: it was ~0.25 s per datagram
+    assert peak < 4 * (size // 8) + 64 * 1024
+    # the window after the jump: the highest is seen, the seqs below it were not
+    assert g.accept(0, seq, 0) is (V.REPLAY if size else V.STALE)
+    if size > 1:
+        assert g.accept(0, (seq - size + 1) % 2**32, 0) is V.IN_WINDOW
+        assert g.accept(0, (seq - size) % 2**32, 0) is V.TOO_OLD
+    # one step past the farthest jump is behind, not ahead
+    assert g.accept(0, (seq + 2**31) % 2**32, 0) in (V.TOO_OLD, V.STALE)
+
+
+def test_jump_of_exactly_the_window_size_forgets_everything() -> None:
+    g = ReplayGuard(64)
+    for s in range(100, 164):
+        g.accept(0, s, 0)
+    assert g.accept(0, 163 + 64, 0) is V.FRESH
+    assert g.senders[0].seen == 1
+    assert g.accept(0, 163 + 1, 0) is V.IN_WINDOW  # 164 is the oldest seq still inside
+    assert g.accept(0, 163, 0) is V.TOO_OLD
+    assert g.accept(0, 163 + 63, 0) is V.IN_WINDOW
+
+
+def test_jump_just_inside_the_window_keeps_the_flags_it_still_covers() -> None:
+    g = ReplayGuard(64)
+    g.accept(0, 100, 0)
+    g.accept(0, 101, 0)
+    assert g.accept(0, 101 + 63, 0) is V.FRESH
+    assert g.accept(0, 101, 0) is V.REPLAY  # still the oldest seq of the window
+    assert g.accept(0, 100, 0) is V.TOO_OLD
