@@ -17,13 +17,15 @@ APT_BENCH := $(APT_TEST) rtpengine-daemon linux-perf
 APT_DEMO := $(APT_RUNTIME) uanytun kamailio sip-tester redis-server
 
 .PHONY: help deps-runtime deps-test deps-bench deps-demo venv build install demo test test-unit lint \
-	bench clean
+	bench fuzz clean
 
 help:
 	@echo "make demo     install what is needed and run the anycast lab demo"
 	@echo "make test     install test dependencies and run the whole suite"
 	@echo "make lint     ruff over the Python code"
 	@echo "make bench    benchmarks against the real peers (prints ratios)"
+	@echo "make fuzz     fuzz every harness for FUZZ_SECONDS each (default 60); findings go to"
+	@echo "              fuzz/regressions/ (python -m fuzz --help for one harness, merging)"
 	@echo "make install  install the package and put libaarp.so into $(PREFIX)/lib"
 
 define apt_install
@@ -63,7 +65,7 @@ demo: deps-demo build
 	$(PY) -m demo
 
 lint: venv
-	$(VENV)/bin/ruff check aarp relay tests bench lab demo setup.py
+	$(VENV)/bin/ruff check aarp relay tests bench lab demo fuzz setup.py
 
 test: deps-test build lint
 	$(VENV)/bin/pytest -n 2 --dist loadgroup tests
@@ -73,6 +75,12 @@ test-unit: build
 
 bench: deps-bench build
 	$(PY) -m bench
+
+# Coverage-guided fuzzing (fuzz/): libFuzzer harnesses under ASan+UBSan for the C parsers and
+# data plane, atheris harnesses for the Python ones. `make test` replays their corpora.
+FUZZ_SECONDS ?= 60
+fuzz: deps-test build
+	$(PY) -m fuzz run --seconds $(FUZZ_SECONDS)
 
 # System-wide: a private venv under $(PREFIX)/lib, the commands linked into $(PREFIX)/bin and
 # libaarp.so in $(PREFIX)/lib, so the literal LD_PRELOAD=libaarp.so CMD works.

@@ -1,0 +1,51 @@
+"""relay.cluster.records: any JSON a peer or Redis may hand over either becomes a valid record
+or is refused with the errors the sync backends catch (ValueError, RecordError), and merging
+is commutative, associative and idempotent, so nodes that exchange records in any order end
+up equal. Input: JSON text (one record or a list of them)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+from fuzz.py import instrumented, run
+
+with instrumented():
+    from relay.cluster.records import NODE_RE, Record, RecordError, Store, merge
+
+
+def decode(raw: bytes) -> Record | None:
+    """What relay/cluster/redis_backend.py does with a record it reads."""
+    try:
+        return Record.from_json(json.loads(raw))
+    except (ValueError, RecordError):
+        return None
+
+
+def test_one_input(data: bytes) -> None:
+    try:
+        items = json.loads(data)
+    except (ValueError, RecursionError):
+        items = None
+    raws = [json.dumps(x).encode() for x in items] if isinstance(items, list) else [data]
+    records = [r for r in map(decode, raws[:8]) if r is not None]
+    for r in records:
+        assert NODE_RE.fullmatch(r.version.node), r.version.node
+        assert decode(json.dumps(r.to_json()).encode()) == r  # what we ship, we read back
+    for a, b in itertools.product(records, repeat=2):
+        if a.ident != b.ident:
+            continue
+        assert merge(a, b) == merge(b, a)
+        assert merge(a, a) == a
+        for c in records:
+            if c.ident == a.ident:
+                assert merge(a, merge(b, c)) == merge(merge(a, b), c)
+    forward, backward = Store("fuzz-a"), Store("fuzz-b")
+    forward.apply_all(records)
+    backward.apply_all(reversed(records))
+    key = lambda r: r.ident  # noqa: E731
+    assert sorted(forward.snapshot(), key=key) == sorted(backward.snapshot(), key=key)
+
+
+if __name__ == "__main__":
+    run(test_one_input)
