@@ -166,6 +166,7 @@ class ConnectionTable:
         self.by_mux: dict[int, Connection] = {}
         self.routes = RouteTable()
         self.macs: dict[bytes, int] = {}
+        self._macs_of: Counter[int] = Counter()  # MACs per mux: the limit check costs O(1)
         self._subscribers: list[Subscriber] = []
         self._replay_options = replay_options or {}
 
@@ -230,6 +231,7 @@ class ConnectionTable:
             self._emit(RouteRemoved(prefix, mux, origin))
         for mac in [m for m, x in self.macs.items() if x == mux]:
             del self.macs[mac]
+        self._macs_of.pop(mux, None)
         self._emit(ConnectionRemoved(mux, origin))
         return True
 
@@ -263,11 +265,14 @@ class ConnectionTable:
 
     # -- MAC learning (tap) -------------------------------------------------------------------
     def learn_mac(self, mac: bytes, mux: int, *, origin: str = LOCAL) -> None:
-        if self.macs.get(mac) == mux:
+        old = self.macs.get(mac)
+        if old == mux:
             return
-        if mac not in self.macs and \
-                sum(1 for m in self.macs.values() if m == mux) >= MAX_MACS_PER_CONNECTION:
+        if old is None and self._macs_of[mux] >= MAX_MACS_PER_CONNECTION:
             return  # a client may not fill the node's memory with made-up MACs
+        if old is not None:
+            self._macs_of[old] -= 1
+        self._macs_of[mux] += 1
         self.macs[mac] = mux
         self._emit(MacLearned(mac, mux, origin))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,7 +13,12 @@ from relay import packet as pk
 from relay.dataplane import Dataplane, DataplaneConfig
 from relay.satp import PT_ETHERNET, PT_IPV4, PT_IPV6, Role, SatpContext, Suite, from_passphrase
 from relay.server.routes import Prefix
-from relay.server.table import ConnectionSpec, ConnectionTable, Remote
+from relay.server.table import (
+    MAX_MACS_PER_CONNECTION,
+    ConnectionSpec,
+    ConnectionTable,
+    Remote,
+)
 
 SUITE = Suite()
 KEY = from_passphrase("secret", 16)
@@ -243,6 +249,29 @@ def test_routing_from_device_by_longest_prefix() -> None:
                 ipv4("10.8.0.1", "192.0.2.1"))
     assert [r for _, r in net] == [Remote("udp", "10.1.1.2", 4444)]
     assert dp.drops == {"no_remote": 1, "no_route": 1}
+
+
+def test_mac_learning_cost_does_not_grow_with_the_table() -> None:
+    """Each frame with a new source MAC used to count the whole MAC table to check the
+    per-connection limit: with many clients at their limit, a client sending frames from
+    made-up MACs cost the node O(all MACs) per frame. The count is kept per connection now."""
+    table = ConnectionTable()
+    for mux in range(64):
+        table.put(ConnectionSpec(mux, KEY, Role.LEFT, SUITE, 64))
+        for i in range(MAX_MACS_PER_CONNECTION):
+            table.learn_mac(bytes([2, mux, 0, 0]) + i.to_bytes(2, "big"), mux)
+    assert len(table.macs) == 64 * MAX_MACS_PER_CONNECTION
+    started = time.process_time()
+    for i in range(3000):  # a full client, fresh MACs: refused, and cheaply
+        table.learn_mac(bytes([2, 0xEE]) + i.to_bytes(4, "big"), 5)
+    assert time.process_time() - started < 1.0  # was ~10 s (3000 x 65536 entries counted)
+    assert len(table.macs) == 64 * MAX_MACS_PER_CONNECTION
+    moved = bytes([2, 7, 0, 0, 0, 1])
+    table.learn_mac(moved, 9)  # a MAC moving to a full client is allowed, as before
+    assert table.macs[moved] == 9
+    table.remove(7)
+    table.learn_mac(bytes([2, 0xEF, 0, 0, 0, 1]), 7)  # the slots of a removed client are free
+    assert table.macs[bytes([2, 0xEF, 0, 0, 0, 1])] == 7
 
 
 def test_tap_service_learns_macs_per_connection() -> None:
