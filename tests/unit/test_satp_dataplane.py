@@ -190,6 +190,20 @@ def test_oversized_ipv4_without_df_is_fragmented() -> None:
     assert all(pk.checksum(f[:20]) == 0 for f in frags)
 
 
+def test_a_fragment_is_split_again_only_if_its_offsets_stay_valid() -> None:
+    body = bytes(1700)
+    frag = bytearray(ipv4("10.9.0.1", "10.9.0.2", body, df=False))
+    frag[6:8] = (0x2000 | 100).to_bytes(2, "big")  # MF, offset 800
+    pieces = pk.fragment_ipv4(bytes(frag), 1000)
+    assert pieces is not None
+    offs = [int.from_bytes(p[6:8], "big") for p in pieces]
+    assert all(o & 0x4000 == 0 and o & 0x2000 for o in offs)  # MF kept: more follow
+    assert [o & 0x1FFF for o in offs] == [100, 100 + 976 // 8]
+    # near the end of the 64 KiB offset space the offsets would spill into the flags
+    frag[6:8] = (0x1FF0).to_bytes(2, "big")
+    assert pk.fragment_ipv4(bytes(frag), 1000) is None
+
+
 def test_oversized_ipv6_gets_packet_too_big_and_frames_drop() -> None:
     dp, _ = _established()
     dev, net = tx(dp, ipv6("fd00:9::1", "fd00:9::2", b"q" * 2000))
