@@ -22,7 +22,7 @@ APT_DEMO := $(APT_RUNTIME) uanytun kamailio sip-tester redis-server
 help:
 	@echo "make demo     install what is needed and run the anycast lab demo"
 	@echo "make test     install test dependencies and run the whole suite"
-	@echo "make lint     ruff over the Python code"
+	@echo "make lint     ruff over the Python code, and the import layers (lint-imports)"
 	@echo "make bench    benchmarks against the real peers (prints ratios)"
 	@echo "make fuzz     fuzz every harness for FUZZ_SECONDS each (default 60); findings go to"
 	@echo "              fuzz/regressions/ (python -m fuzz --help for one harness, merging)"
@@ -66,6 +66,7 @@ demo: deps-demo build
 
 lint: venv
 	$(VENV)/bin/ruff check aarp relay tests bench lab demo fuzz setup.py
+	$(VENV)/bin/lint-imports
 
 test: deps-test build lint
 	$(VENV)/bin/pytest -n 2 --dist loadgroup tests

@@ -81,20 +81,14 @@ def relays() -> dict[str, Relay | str]:
     out: dict[str, Relay | str] = {}
     args = ["-D", "--rtpproxy", f"udp:{NsPair.B4}:{CONTROL_PORT}", "--rtp-address", NsPair.B4,
             "--rtp-ports", f"{PORTS[0]}-{PORTS[1]}", "--rtp-timeout", "300"]
-    try:
-        import relay.rtpproxy.server as server
-        out[PY_MEDIA] = Relay(PY_MEDIA, [sys.executable, "-m", "relay.cli", *args])
-    except ImportError as exc:
-        out[PY_MEDIA] = f"anytun-relay has no relay mode ({exc})"
+    from relay import fastpath
+    # RELAY_FASTPATH_MEDIA=0 makes the daemon relay in Python (relay.rtpproxy.fastmedia)
+    out[PY_MEDIA] = Relay(PY_MEDIA, ["env", "RELAY_FASTPATH_MEDIA=0", sys.executable, "-m",
+                                     "relay.cli", *args])
+    if fastpath.available():
+        out[C_MEDIA] = Relay(C_MEDIA, [sys.executable, "-m", "relay.cli", *args])
     else:
-        from relay import fastpath
-        if "media_engine" in Path(server.__file__).read_text():
-            out[PY_MEDIA] = "the daemon picks the C media path itself now"
-            out[C_MEDIA] = Relay(C_MEDIA, [sys.executable, "-m", "relay.cli", *args])
-        elif fastpath.available():
-            out[C_MEDIA] = Relay(C_MEDIA, [sys.executable, "-m", "bench.relay_c_media", *args])
-        else:
-            out[C_MEDIA] = fastpath.unavailable_reason() or "fast path not built"
+        out[C_MEDIA] = fastpath.unavailable_reason() or "fast path not built"
     rtpengine = shutil.which("rtpengine") or ("/usr/bin/rtpengine"
                                               if os.path.exists("/usr/bin/rtpengine") else None)
     if rtpengine:

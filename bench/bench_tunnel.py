@@ -67,7 +67,7 @@ def _which(prog: str) -> Callable[[], str | None]:
 
 def _relay_available() -> str | None:
     try:
-        import relay.tunnel_cli  # noqa: F401
+        import relay.tunnel.cli  # noqa: F401
     except ImportError as exc:
         return f"anytun-relay has no tunnel endpoint yet ({exc})"
     return None

@@ -91,11 +91,13 @@ HARNESSES = (
     Harness("py_aarp_config", "py", "aarp.config: aarp.conf plus AARP_* variables",
             max_len=8192),
     Harness("py_rtpproxy", "py", "relay.rtpproxy.protocol: rtpproxy commands", max_len=4096),
-    Harness("py_anytun_sync", "py", "anytun's sync archive codec", max_len=8192),
+    Harness("py_anytun_sync", "py", "relay.satp.archive: anytun's sync archive codec",
+            max_len=8192),
     Harness("py_records", "py", "relay.cluster.records: cluster records and their merge",
             max_len=4096),
-    Harness("py_node_config", "py", "the node's TOML configuration", max_len=8192),
-    Harness("py_dataplane", "py", "the Python data plane: from_network / from_device",
+    Harness("py_node_config", "py", "relay.tunnel.nodefile: the node's TOML file",
+            max_len=8192),
+    Harness("py_dataplane", "py", "relay.tunnel.dataplane: from_network / from_device",
             max_len=16384, timeout=5),
 )
 BY_NAME = {h.name: h for h in HARNESSES}

@@ -228,7 +228,7 @@ def py_rtpproxy() -> Iterator[bytes]:
 
 
 def py_anytun_sync() -> Iterator[bytes]:
-    from relay.cluster.anytun_sync import ConnectionMessage, RouteMessage, encode
+    from relay.satp.archive import ConnectionMessage, RouteMessage, encode
     conn = ConnectionMessage(1, 0, 128, cases.SECRET_SALT, cases.SECRET_KEY, 1024, 77,
                              "10.1.1.2", 4444)
     yield b"\x40" + encode(conn)

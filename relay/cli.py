@@ -1,34 +1,26 @@
-"""anytun-relay: command line of the daemon.
+"""anytun-relay: the command line of the daemon.
 
-The parser is composed from the modes: each mode module contributes its options
-(`add_arguments(parser)`) and turns parsed options into services
-(`services_from_args(args) -> list[Service]`, raising ConfigError on a user mistake).
+The parser is composed of anytun's process options (here) and the options of each mode
+(relay.tunnel.cli, relay.rtpproxy.cli, relay.cluster.cli); each mode reads its options into
+its settings, raising ConfigError on a user mistake. relay.node turns the settings into
+services, and relay.runtime runs them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import sys
 
-from relay.daemon import ConfigError, run_services
-
-# Each module provides add_arguments() and services_from_args(); missing ones are skipped
-# so that a partial checkout still starts.
-MODE_MODULES = ("relay.tunnel_cli", "relay.rtpproxy.cli", "relay.cluster.cli")
-
-
-def _modes() -> list:
-    mods = []
-    for name in MODE_MODULES:
-        try:
-            mods.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-    return mods
+from relay import __version__, node, status
+from relay.cluster import cli as cluster_cli
+from relay.rtpproxy import cli as rtpproxy_cli
+from relay.runtime import process
+from relay.runtime.daemon import Service, run_services
+from relay.runtime.errors import ConfigError
+from relay.runtime.logtargets import LogTarget
+from relay.tunnel import cli as tunnel_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,28 +30,52 @@ def build_parser() -> argparse.ArgumentParser:
         "uanytun, and accepting their options), anycast tunnel server, rtpproxy-protocol "
         "media relay, with state sync between the servers of one anycast address.",
     )
-    for mod in _modes():
-        mod.add_arguments(parser)
+    p = parser.add_argument_group("process (as anytun)")
+    p.add_argument("-v", "--version", action="version",
+                   version=f"anytun-relay {__version__} (SATP as anytun 0.3.8 / uanytun 0.3.7)")
+    p.add_argument("-D", "--nodaemonize", action="store_true",
+                   help="don't run in background")
+    p.add_argument("-u", "--username", help="change to this user after setup")
+    p.add_argument("-g", "--groupname", help="change to this group (with -u)")
+    p.add_argument("-C", "--chroot", metavar="PATH", help="chroot to this directory")
+    p.add_argument("-P", "--write-pid", metavar="PATH", help="write pid to this file")
+    p.add_argument("-L", "--log", action="append", default=[],
+                   metavar="TARGET:LEVEL[,PARAM...]",
+                   help="add a log target: syslog|file|stdout|stderr, level 0..5 "
+                   "(e.g. stdout:5); default syslog:3,anytun-relay,daemon")
+    p.add_argument("-U", "--debug", action="store_true",
+                   help="don't daemonize and log to stdout with maximum log level")
+    tunnel_cli.add_arguments(parser)
+    rtpproxy_cli.add_arguments(parser)
+    cluster_cli.add_arguments(parser)
     return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> node.Settings:
+    proc = process.ProcessSettings(
+        foreground=args.nodaemonize, debug=args.debug, user=args.username,
+        group=args.groupname, chroot=args.chroot, pidfile=args.write_pid,
+        log=tuple(LogTarget.parse(x) for x in args.log))
+    return node.Settings(proc, tunnel_cli.settings_from_args(args),
+                         rtpproxy_cli.settings_from_args(args),
+                         cluster_cli.settings_from_args(args), args.control_socket)
+
+
+def services_from_args(args: argparse.Namespace) -> list[Service]:
+    return node.build(settings_from_args(args))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["status"]:  # anytun-relay status: ask running nodes
-        from relay.server.control import status_main
-        return status_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+        return status.main(argv[1:])
+    args = build_parser().parse_args(argv)
     try:
-        services = [svc for mod in _modes() for svc in mod.services_from_args(args)]
-        for mod in _modes():  # services that bind to others' (e.g. the cluster sync)
-            if hasattr(mod, "extend_services"):
-                services = mod.extend_services(args, services)
-        if not services:
-            raise ConfigError("nothing to do: configure a tunnel or relay mode (--rtpproxy)")
-        for mod in _modes():  # logging targets, daemonizing, pid file (e.g. anytun's -L -D -P)
-            if hasattr(mod, "prepare_process"):
-                mod.prepare_process(args, services)
+        settings = settings_from_args(args)
+        services = node.build(settings)
+        # logging targets, daemonizing, pid file (anytun's -L -D -P -u -g -C)
+        if settings.tunnel is not None or args.log or args.debug:
+            process.prepare(settings.process, daemonize=settings.tunnel is not None)
     except ConfigError as exc:
         print(f"anytun-relay: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """Harness of the relay media tests, for both engines (relay.rtpproxy.media.MediaEngine and
-its C twin relay.fastpath.rtp.FastMediaEngine, passed as a parameter): phones as UDP sockets on
-loopback and a relay node driven by rtpproxy commands."""
+its C twin relay.rtpproxy.fastmedia.FastMediaEngine, passed as a parameter): phones as UDP
+sockets on loopback and a relay node driven by rtpproxy commands."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import random
 import socket
 from collections.abc import Awaitable, Callable
 
-from relay.fastpath.rtp import FastMediaEngine
 from relay.rtpproxy import protocol as p
 from relay.rtpproxy.commands import Controller
+from relay.rtpproxy.fastmedia import FastMediaEngine
 from relay.rtpproxy.media import MediaEngine
 from relay.rtpproxy.ports import PairAllocator
 from relay.rtpproxy.sessions import Session, SessionTable

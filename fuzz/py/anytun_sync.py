@@ -1,14 +1,14 @@
-"""anytun's sync archive codec: any byte stream, fed in chunks of any size, yields messages
-or one SyncProtocolError (after which the stream is dropped), never another exception;
-every decoded message encodes back into a frame that decodes to the same message. Input: the
-chunk size (first byte), then the stream."""
+"""relay.satp.archive, anytun's sync archive codec: any byte stream, fed in chunks of any
+size, yields messages or one SyncProtocolError (after which the stream is dropped), never
+another exception; every decoded message encodes back into a frame that decodes to the same
+message. Input: the chunk size (first byte), then the stream."""
 
 from __future__ import annotations
 
 from fuzz.py import instrumented, run
 
 with instrumented():
-    from relay.cluster.anytun_sync import MAX_BODY, Decoder, SyncProtocolError, encode, parse_body
+    from relay.satp.archive import MAX_BODY, Decoder, SyncProtocolError, encode, parse_body
 
 
 def test_one_input(data: bytes) -> None:

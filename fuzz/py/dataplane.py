@@ -1,8 +1,8 @@
-"""The Python data plane (Dataplane.from_network / from_device): any sequence of datagrams and
-device packets, on a node with clients in every mode (tun/tap, one connection or routed,
-tunneling), never raises, never sends a datagram the peers cannot read, keeps its replay
-windows within their size, and spends bounded time and memory per packet (-timeout and the
-memory cap catch the rest). The clients use null transforms, so the fuzzer can forge
+"""The Python data plane (relay.tunnel.dataplane: from_network / from_device): any sequence
+of datagrams and device packets, on a node with clients in every mode (tun/tap, one connection
+or routed, tunneling), never raises, never sends a datagram the peers cannot read, keeps its
+replay windows within their size, and spends bounded time and memory per packet (-timeout and
+the memory cap catch the rest). The clients use null transforms, so the fuzzer can forge
 "authenticated" datagrams, as anyone can against `-a null`; one client with keys is reachable
 only through routes (relayed and oversized packets).
 
@@ -15,10 +15,11 @@ from __future__ import annotations
 from fuzz.py import instrumented, run
 
 with instrumented():
-    from relay.dataplane import Dataplane, DataplaneConfig
     from relay.satp import MasterKey, Role, Suite
-    from relay.server.routes import Prefix
-    from relay.server.table import ConnectionSpec, ConnectionTable, Remote
+    from relay.transport.remote import Remote
+    from relay.tunnel.dataplane import Dataplane, DataplaneConfig
+    from relay.tunnel.routes import Prefix
+    from relay.tunnel.table import ConnectionSpec, ConnectionTable
 
 from fuzz.cases import COUNT_KEY, COUNT_SALT
 

@@ -1,12 +1,13 @@
-"""The node's TOML configuration: any file is a NodeConfig or one NodeConfigError naming the
-place, never another exception (what the daemon would print as a traceback)."""
+"""relay.tunnel.nodefile, the node's TOML configuration: any file is a node configuration
+or one NodeConfigError naming the place, never another exception (what the daemon would print
+as a traceback)."""
 
 from __future__ import annotations
 
 from fuzz.py import instrumented, run
 
 with instrumented():
-    from relay.server.config import NodeConfigError, parse
+    from relay.tunnel.nodefile import NodeConfigError, parse
 
 
 def test_one_input(data: bytes) -> None:

@@ -1,6 +1,6 @@
 """anytun's sync protocol on the network: the `-S`/`-I` listener and the `-M` connector.
 
-Thin asyncio adapters around relay.cluster.anytun_sync. Like real anytun, the listener only
+Thin asyncio adapters around relay.satp.archive. Like real anytun, the listener only
 writes (the whole state on connect, then every change) and the connector only reads, retrying a
 lost peer every 10 seconds; nothing is relayed onward, so such a cluster is a full mesh.
 The protocol has no authentication and carries master keys in clear: both sides say so in the
@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import re
 from collections.abc import Callable
 
-from relay.cluster.anytun_sync import Decoder, Message, SyncProtocolError, encode
+from relay.runtime.errors import ConfigError
+from relay.satp.archive import Decoder, Message, SyncProtocolError, encode
 
 log = logging.getLogger("anytun-relay.sync")
 DEFAULT_PORT = 2323
@@ -41,10 +44,23 @@ def parse_peers(text: str, default_port: int = DEFAULT_PORT) -> list[tuple[str, 
         elif item.count(":") == 1:
             host, _, p = item.partition(":")
             port = _port(p, item)
-        if not host:
-            raise ValueError(f"bad sync host {item!r}")
+        if not _is_host(host):
+            raise ValueError(f"bad sync host {item!r}: not an IP address or a host name")
         peers.append((host, port))
     return peers
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]"
+                       r"([A-Za-z0-9-]{0,62}))*\.?$")
+
+
+def _is_host(host: str) -> bool:
+    """An IP address or a syntactically valid host name (what getaddrinfo may resolve)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(host))
 
 
 def _port(text: str, item: str) -> int:
@@ -65,8 +81,12 @@ class SyncListener:
 
     async def start(self) -> None:
         log.warning(CLEAR_TEXT_WARNING, self.port)
-        self._server = await asyncio.start_server(self._accept, self.host or None, self.port,
-                                                  reuse_address=True)
+        try:
+            self._server = await asyncio.start_server(self._accept, self.host or None,
+                                                      self.port, reuse_address=True)
+        except OSError as exc:
+            raise ConfigError(f"-S {self.port}: cannot listen on {self.host or '*'}:"
+                              f"{self.port}: {exc.strerror or exc}") from None
         where = ", ".join(str(s.getsockname()[:2]) for s in self._server.sockets)
         log.info("anytun sync listener on %s", where)
 

@@ -35,6 +35,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from relay.runtime.errors import RelayError
+
 DEFAULT_PORTS = (10240, 32767)   # below Linux's ephemeral ports (32768-60999)
 DEFAULT_BLOCK = 1024
 DEFAULT_VNI = 0x616E01
@@ -42,7 +44,7 @@ DEFAULT_UDP_PORT = 4789
 DEFAULT_TABLE = 24942            # routing table and rule preference of the hop routes
 
 
-class HandoverError(ValueError):
+class HandoverError(RelayError, ValueError):
     """A handover setting or a member record that cannot work."""
 
 

@@ -16,7 +16,10 @@ from typing import Any
 
 from relay.cluster import handover as ho
 from relay.cluster.records import Record
-from relay.daemon import ConfigError
+from relay.cluster.service import ClusterSync
+from relay.runtime.errors import ConfigError
+from relay.tunnel.endpoint import Endpoint
+from relay.tunnel.kernel import OpenTunnelNat
 
 log = logging.getLogger("anytun-relay.handover")
 
@@ -49,12 +52,12 @@ def uplink_of(address: str) -> str | None:
 
 
 class HandoverService:
-    """A Service (relay.daemon): starts after the tunnel endpoint and open tunnel mode."""
+    """A Service: starts after the tunnel endpoint and open tunnel mode."""
 
     name = "handover"
 
-    def __init__(self, sync: Any, endpoint: Any, nat: Any, options: HandoverOptions,
-                 sender_id: int) -> None:
+    def __init__(self, sync: ClusterSync, endpoint: Endpoint, nat: OpenTunnelNat,
+                 options: HandoverOptions, sender_id: int) -> None:
         self.sync = sync
         self.endpoint = endpoint
         self.nat = nat

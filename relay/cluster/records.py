@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from relay.runtime.errors import RelayError
+
 LWW_KINDS = ("connection", "endpoint", "route", "session", "translation", "node")
 JOIN_KINDS = ("progress",)
 KINDS = LWW_KINDS + JOIN_KINDS
@@ -46,7 +48,7 @@ NODE_RE = re.compile(r"\A[A-Za-z0-9._:-]{1,64}\Z")  # \Z: "$" would let a newlin
 DAY_MS = 86_400_000
 
 
-class RecordError(ValueError):
+class RecordError(RelayError, ValueError):
     """A record that does not follow the model (bad kind, key, version or data)."""
 
 

@@ -40,7 +40,7 @@ from urllib.parse import urlparse
 import redis
 import redis.asyncio as aioredis
 
-from relay.cluster.memory import OnRemote
+from relay.cluster.backend import OnRemote
 from relay.cluster.records import (
     DAY_MS,
     JOIN_KINDS,

@@ -18,10 +18,12 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from relay.runtime.errors import RelayError
+
 PREFIX = "gcm1:"
 
 
-class SecretError(ValueError):
+class SecretError(RelayError, ValueError):
     """A sealed value that does not open (wrong cluster key, tampered or malformed)."""
 
 

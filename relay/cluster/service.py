@@ -1,6 +1,6 @@
 """The cluster service: binds a node's tables to the shared state.
 
-Local changes of the connection table (relay.server.table) and of the relay-mode session
+Local changes of the connection table (relay.tunnel.table) and of the relay-mode session
 table (relay.rtpproxy.sessions) become records in the node's Store and are published through
 the backend; records from other nodes are applied back into the tables with origin "sync" /
 "remote", which the tables announce without this service sending them again. The anytun sync
@@ -19,6 +19,7 @@ Rules that keep several nodes' own configurations from fighting:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -26,10 +27,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from relay.cluster import anytun_sync as wire
-from relay.cluster.memory import Backend
+from relay.cluster.anytun_sync_io import SyncConnector, SyncListener
+from relay.cluster.backend import Backend
 from relay.cluster.records import DAY_MS, Record, Store, progress_data, progress_of
 from relay.cluster.secrets import ClusterKey, SecretError
+from relay.rtpproxy.sessions import Change, Session, SessionTable
+from relay.satp import MasterKey, Role, Suite
+from relay.satp import archive as wire
+from relay.transport.remote import Remote
+from relay.tunnel import table as t
+from relay.tunnel.routes import Prefix, RouteError
+from relay.tunnel.table import Connection, ConnectionSpec, ConnectionTable
 
 log = logging.getLogger("anytun-relay.cluster")
 SYNC = "sync"
@@ -37,7 +45,7 @@ SEQ_MARGIN = 1 << 16
 PURGE_EVERY = 1024   # local deletes between two sweeps of old tombstones
 
 
-def epoch_of(spec: Any) -> str:
+def epoch_of(spec: ConnectionSpec) -> str:
     """A tag of the connection's keys and role: progress is shared per key generation. It is
     keyed by the master key itself, so it tells nothing a captured SATP packet does not."""
     if spec.master is None:
@@ -62,11 +70,11 @@ class ClusterSync:
         self.key = cluster_key
         self.clock = clock
         self.monotonic = monotonic
-        self.tables: list[Any] = []          # relay.server.table.ConnectionTable
-        self.sessions: list[Any] = []        # relay.rtpproxy.sessions.SessionTable
-        self.base_spec: Any = None           # algorithms for connections learned from peers
-        self.anytun_listener: Any = None
-        self.anytun_connector: Any = None
+        self.tables: list[ConnectionTable] = []
+        self.sessions: list[SessionTable] = []
+        self.base_spec: ConnectionSpec | None = None  # algorithms of connections learned
+        self.anytun_listener: SyncListener | None = None
+        self.anytun_connector: SyncConnector | None = None
         self.configured: set[int] = set()
         self.learned: set[int] = set()
         self.keyless: set[int] = set()
@@ -77,11 +85,12 @@ class ClusterSync:
         self.applied = 0
 
     # -- composition -----------------------------------------------------------------------------
-    def attach_connections(self, table: Any, base_spec: Any = None) -> None:
+    def attach_connections(self, table: ConnectionTable,
+                           base_spec: ConnectionSpec | None = None) -> None:
         self.tables.append(table)
         self.base_spec = base_spec or self.base_spec
 
-    def attach_sessions(self, table: Any) -> None:
+    def attach_sessions(self, table: SessionTable) -> None:
         self.sessions.append(table)
         if table.touch_interval is None:
             table.touch_interval = max(1.0, table.timeout / 3)
@@ -130,7 +139,6 @@ class ClusterSync:
         pending = getattr(self.backend, "_pending", None)
         if not pending or not getattr(self.backend, "connected", False):
             return
-        import asyncio
         deadline = self.monotonic() + 2
         while pending and self.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -166,7 +174,7 @@ class ClusterSync:
             if self._deletes % PURGE_EVERY == 0:   # tombstones of ended calls, removed routes
                 self.store.purge_tombstones(_ms(self.clock), self.tombstone_grace_ms)
 
-    def _publish_connection(self, spec: Any, table: Any) -> None:
+    def _publish_connection(self, spec: ConnectionSpec, table: ConnectionTable) -> None:
         data: dict[str, Any] = {"mux": spec.mux, "role": int(spec.role),
                                 "kd_bits": spec.suite.kd_key_len * 8, "window": spec.window,
                                 "epoch": epoch_of(spec)}
@@ -177,8 +185,7 @@ class ClusterSync:
             data["cluster_key"] = self.key.fingerprint
         self._put("connection", str(spec.mux), data)
 
-    def _table_event(self, table: Any, ev: Any) -> None:
-        from relay.server import table as t
+    def _table_event(self, table: ConnectionTable, ev: t.Event) -> None:
         if ev.origin != t.LOCAL:
             return
         if isinstance(ev, (t.ConnectionAdded, t.ConnectionChanged)):
@@ -212,7 +219,7 @@ class ClusterSync:
             if rec is not None and rec.data is not None and rec.data.get("mux") == ev.mux:
                 self._delete("route", str(ev.prefix))
 
-    def _session_change(self, change: Any) -> None:
+    def _session_change(self, change: Change) -> None:
         if change.origin != "local":
             return
         s = change.session
@@ -253,7 +260,6 @@ class ClusterSync:
             elif rec.kind == "endpoint":
                 conn = table.get(int(rec.key))
                 if conn is not None and rec.data is not None:
-                    from relay.server.table import Remote
                     table.set_remote(conn, Remote(rec.data["transport"], rec.data["host"],
                                                   int(rec.data["port"])), origin=SYNC)
             elif rec.kind == "progress":
@@ -267,7 +273,7 @@ class ClusterSync:
             elif rec.kind == "route":
                 self._apply_route(table, rec)
 
-    def _apply_connection(self, table: Any, rec: Record) -> None:
+    def _apply_connection(self, table: ConnectionTable, rec: Record) -> None:
         mux = int(rec.key)
         if mux in self.configured:
             return  # this node's own configuration decides its keys
@@ -290,8 +296,6 @@ class ClusterSync:
             log.warning("cluster sync: keys of mux %d do not open (%s); is the cluster key the "
                         "same on every node?", mux, exc)
             return
-        from relay.satp import MasterKey, Role, Suite
-        from relay.server.table import ConnectionSpec
         b = self.base_spec
         suite = Suite(b.suite.cipher_key_len, len(key), b.suite.auth, b.suite.tag_len)
         spec = ConnectionSpec(mux, MasterKey(key, salt), Role(int(rec.data["role"])), suite,
@@ -310,8 +314,7 @@ class ClusterSync:
                 if other is not None:
                     self._apply(other, initial=False)
 
-    def _apply_route(self, table: Any, rec: Record) -> None:
-        from relay.server.routes import Prefix, RouteError
+    def _apply_route(self, table: ConnectionTable, rec: Record) -> None:
         try:
             prefix = Prefix.parse(rec.key)
         except RouteError:
@@ -324,7 +327,6 @@ class ClusterSync:
         table.add_route(prefix, int(rec.data["mux"]), origin=SYNC)
 
     def _apply_session(self, rec: Record) -> None:
-        from relay.rtpproxy.sessions import Change, Session
         now = self.monotonic()
         for table in self.sessions:
             if rec.data is None:
@@ -360,7 +362,7 @@ class ClusterSync:
                     pass
         return msgs + routes
 
-    def _anytun_connection(self, conn: Any) -> wire.ConnectionMessage | None:
+    def _anytun_connection(self, conn: Connection) -> wire.ConnectionMessage | None:
         spec = conn.spec
         host, port = "0.0.0.0", 4444
         if conn.remote is not None and conn.remote.transport in ("udp", "udplite"):
@@ -375,7 +377,7 @@ class ClusterSync:
             log.warning("anytun sync: cannot describe mux %d to anytun (%s)", spec.mux, exc)
             return None
 
-    def _push_anytun(self, conn: Any) -> None:
+    def _push_anytun(self, conn: Connection) -> None:
         if self.anytun_listener is not None:
             m = self._anytun_connection(conn)
             if m is not None:
@@ -383,9 +385,6 @@ class ClusterSync:
 
     def from_anytun(self, msg: wire.Message, peer: str) -> None:
         """A message from a real anytun (-M): keys in it are the peer's configuration."""
-        from relay.satp import MasterKey, Role, Suite
-        from relay.server.routes import Prefix, RouteError
-        from relay.server.table import ConnectionSpec, Remote
         for table in self.tables:
             if isinstance(msg, wire.RouteMessage):
                 if msg.family == 2:
@@ -415,15 +414,15 @@ class ClusterSync:
             table.apply_progress(msg.mux, msg.seq, {}, self.monotonic(), origin=SYNC)
 
 
-def _remote_data(remote: Any) -> dict:
+def _remote_data(remote: Remote) -> dict:
     return {"transport": remote.transport, "host": remote.host, "port": remote.port}
 
 
-def _session_key(s: Any) -> str:
+def _session_key(s: Session) -> str:
     return f"{s.call_id}/{s.media}/{s.a.tag}"
 
 
-def _session_dict(s: Any) -> dict:
+def _session_dict(s: Session) -> dict:
     d = s.to_dict()
     d.pop("created", None)
     d.pop("last_active", None)

@@ -1,4 +1,5 @@
-"""anytun-relay options for relay mode (long options only: the short ones are anytun's)."""
+"""anytun-relay options for relay mode (long options only: the short ones are anytun's), read
+into a RelayConfig (relay.rtpproxy.server); the only relay-mode module that sees argparse."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import argparse
 import ipaddress
 import socket
 
-from relay.daemon import ConfigError, Service
 from relay.rtpproxy.ports import parse_port_range
-from relay.rtpproxy.server import DEFAULT_CONTROL_PORT, ControlSpec, RelayConfig, RtpproxyService
+from relay.rtpproxy.server import DEFAULT_CONTROL_PORT, ControlSpec, RelayConfig
 from relay.rtpproxy.sessions import LATCH_POLICIES
+from relay.runtime.errors import ConfigError
 
 DEFAULT_PORTS = "35000-65000"
 DEFAULT_TIMEOUT = 60.0
@@ -101,7 +102,8 @@ def parse_relay_address(text: str) -> str:
     return str(addr)
 
 
-def services_from_args(args: argparse.Namespace) -> list[Service]:
+def settings_from_args(args: argparse.Namespace) -> RelayConfig | None:
+    """Relay mode as the command line describes it, or None if it asks for none."""
     controls = getattr(args, "rtpproxy", None)
     extras = [name for name, value in (
         ("--rtp-address", args.rtp_address), ("--rtp-ports", args.rtp_ports),
@@ -111,7 +113,7 @@ def services_from_args(args: argparse.Namespace) -> list[Service]:
     if not controls:
         if extras:
             raise ConfigError(f"{extras[0]} belongs to relay mode: add --rtpproxy udp:ADDR:PORT")
-        return []
+        return None
     specs = [parse_control(c) for c in controls]
     seen = set()
     for spec in specs:
@@ -142,7 +144,6 @@ def services_from_args(args: argparse.Namespace) -> list[Service]:
         if not 0 <= mode <= 0o777:
             raise ConfigError(f"--rtpproxy-socket-mode {args.rtpproxy_socket_mode!r}: an octal "
                               "mode such as 0660")
-    config = RelayConfig(controls=specs, addresses=addresses, port_range=port_range,
-                         timeout=timeout, latch=args.rtp_latch or "ip", socket_mode=mode,
-                         socket_group=args.rtpproxy_socket_group)
-    return [RtpproxyService(config)]
+    return RelayConfig(controls=specs, addresses=addresses, port_range=port_range,
+                       timeout=timeout, latch=args.rtp_latch or "ip", socket_mode=mode,
+                       socket_group=args.rtpproxy_socket_group)

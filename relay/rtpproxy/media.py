@@ -3,11 +3,11 @@
 Everything per packet happens in `_drain`: one wake-up of a readable relay socket reads up to
 BATCH datagrams into one preallocated buffer and sends each out of the peer's socket of the
 same kind (RTP or RTCP) to the peer's destination. Per packet there is no lookup and no object
-beyond the address tuple the kernel interface returns: each socket has a `_Leg` holding the
+beyond the address tuple the kernel interface returns: each socket has a `Leg` holding the
 outgoing socket, the destination and the already accepted source, rebuilt only when the session
 record changes. A packet from another source takes the slow path through `sessions.admit`
-(latching). This module is the boundary a faster data plane (recvmmsg/sendmmsg, C) replaces:
-it needs `open_pair`/`close_pair`, `on_change` and the counters, nothing else.
+(latching). This module is the boundary the C media path (relay.rtpproxy.fastmedia)
+replaces: it overrides `attach_leg`/`detach_leg` and feeds the same counters.
 
 The engine is a session-table observer: a session created here already has its pairs open
 (`open_pair` is called by the controller first); a session copied from a peer node gets its
@@ -34,7 +34,7 @@ BIND_TRIES = 32       # pairs to try when ports of the range are taken by other 
 RCVBUF = 256 * 1024
 
 
-class _Leg:
+class Leg:
     """One relay socket (RTP or RTCP of one party) and where its packets go."""
 
     __slots__ = ("dest", "out", "party", "peer", "rtcp", "session", "sock", "src_ok", "v6")
@@ -54,7 +54,7 @@ class _Leg:
 class _Pair:
     __slots__ = ("key", "local", "port", "rtcp", "rtp")
 
-    def __init__(self, local: str, port: int, rtp: _Leg, rtcp: _Leg) -> None:
+    def __init__(self, local: str, port: int, rtp: Leg, rtcp: Leg) -> None:
         self.local, self.port = local, port
         self.rtp, self.rtcp = rtp, rtcp
         self.key: SessionKey | None = None     # None while opened but not yet in a session
@@ -110,8 +110,8 @@ class MediaEngine:
             if owned is not None:
                 owned.discard((local, port))
         for leg in (pair.rtp, pair.rtcp):
-            if pair.key is not None:  # readers are registered while the pair is in a session
-                self.loop.remove_reader(leg.sock.fileno())
+            if pair.key is not None:  # legs are read while the pair is in a session
+                self.detach_leg(leg)
             leg.sock.close()
             leg.session = leg.party = leg.peer = leg.out = None
         self.allocator.release(port)
@@ -136,7 +136,7 @@ class MediaEngine:
             for s in socks:
                 s.close()
             raise
-        return _Pair(local, port, _Leg(socks[0], False, v6), _Leg(socks[1], True, v6))
+        return _Pair(local, port, Leg(socks[0], False, v6), Leg(socks[1], True, v6))
 
     def _adopt(self, local: str, port: int) -> _Pair | None:
         """Open a pair a peer node chose (the session was copied to this node)."""
@@ -174,7 +174,7 @@ class MediaEngine:
                 pair.key = s.key
                 owned.add(where)
                 for leg in (pair.rtp, pair.rtcp):
-                    self.loop.add_reader(leg.sock.fileno(), self._drain, leg)
+                    self.attach_leg(leg)
             elif pair.key != s.key:
                 log.error("relay port %d is already used by another session", pair.port)
         for party in s.parties():
@@ -192,7 +192,16 @@ class MediaEngine:
                 leg.src_ok = None if party.asymmetric else _src_tuple(learned, leg.v6)
 
     # -- the packet path ----------------------------------------------------------------------
-    def _drain(self, leg: _Leg) -> None:
+    def attach_leg(self, leg: Leg) -> None:
+        """A leg joined a session: read its socket from now on (the C media path,
+        relay.rtpproxy.fastmedia, overrides this and the next to read it in C)."""
+        self.loop.add_reader(leg.sock.fileno(), self._drain, leg)
+
+    def detach_leg(self, leg: Leg) -> None:
+        """The leg leaves its session (its socket closes next)."""
+        self.loop.remove_reader(leg.sock.fileno())
+
+    def _drain(self, leg: Leg) -> None:
         sock = leg.sock
         recv = sock.recvfrom_into
         buf, view = self._buf, self._view
@@ -230,7 +239,7 @@ class MediaEngine:
         if got:  # counters once per batch, not per packet
             self._account(leg, got, relayed, dropped, bytes_in, bytes_out, self._clock())
 
-    def _account(self, leg: _Leg, got: int, relayed: int, dropped: int, bytes_in: int,
+    def _account(self, leg: Leg, got: int, relayed: int, dropped: int, bytes_in: int,
                  bytes_out: int, now: float) -> None:
         """Add one batch of a wired leg to the party, peer, session and engine counters."""
         party, peer, session = leg.party, leg.peer, leg.session
@@ -251,7 +260,7 @@ class MediaEngine:
         if got:
             session.last_active = now
 
-    def _admit(self, leg: _Leg, src: tuple) -> bool:
+    def _admit(self, leg: Leg, src: tuple) -> bool:
         party, s = leg.party, leg.session
         assert party is not None and s is not None
         verdict = admit(party, src[0], src[1], leg.rtcp, self.latch)

@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections import deque
 from typing import Protocol, runtime_checkable
 
+from relay.runtime.errors import RelayError
 
-class PortsExhausted(Exception):
+
+class PortsExhausted(RelayError):
     """No free pair left in the range."""
 
 

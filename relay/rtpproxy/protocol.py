@@ -24,6 +24,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from relay.runtime.errors import RelayError
+
 PROTOCOL_VERSION = 20040107
 MAX_COMMAND = 4096   # Kamailio's commands stay far below 1 KiB; its reply buffer is 256 bytes
 MAX_TOKENS = 32
@@ -51,7 +53,7 @@ QUERY_COUNTERS = ("ttl", "npkts_ina", "npkts_ino", "nrelayed", "ndropped",
                   "nbytes_ina", "nbytes_ino", "nrtcp_ina", "nrtcp_ino")
 
 
-class CommandError(Exception):
+class CommandError(RelayError):
     """A command that gets an `E<code>` reply; `reason` is for the log, not the wire."""
 
     def __init__(self, code: int, reason: str) -> None:

@@ -21,13 +21,13 @@ import stat
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from relay.daemon import ConfigError
-from relay.fastpath.rtp import media_engine
 from relay.rtpproxy import protocol
 from relay.rtpproxy.commands import Controller
+from relay.rtpproxy.fastmedia import media_engine
 from relay.rtpproxy.media import MediaEngine
 from relay.rtpproxy.ports import PairAllocator, PortAllocator
 from relay.rtpproxy.sessions import Change, SessionTable
+from relay.runtime.errors import ConfigError
 
 log = logging.getLogger("anytun-relay.rtpproxy")
 

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from relay.runtime.errors import RelayError
 from relay.satp.kdf import KeyDerivation, Role
 from relay.satp.keys import MasterKey
 from relay.satp.suite import Suite
@@ -28,7 +29,7 @@ PT_IPV6 = 0x86DD
 PT_ETHERNET = 0x6558
 
 
-class OpenError(Exception):
+class OpenError(RelayError):
     """Why a datagram was not accepted; `reason` is a short counter name."""
 
     def __init__(self, reason: str) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from relay.runtime.errors import RelayError
+
 SALT_LEN = 14
 KEY_LENGTHS = (16, 24, 32)
 
 
-class KeyError_(ValueError):
+class KeyMaterialError(RelayError, ValueError):
     """Key material that cannot be used (bad hex, wrong length): a configuration mistake."""
 
 
@@ -27,10 +29,10 @@ class MasterKey:
 def from_passphrase(passphrase: str | bytes, key_len: int) -> MasterKey:
     """anytun's rule: key = last key_len bytes of SHA-256, salt = last 14 bytes of SHA-1."""
     if key_len not in KEY_LENGTHS:
-        raise KeyError_(f"master key length must be 16, 24 or 32 bytes, not {key_len}")
+        raise KeyMaterialError(f"master key length must be 16, 24 or 32 bytes, not {key_len}")
     raw = passphrase.encode() if isinstance(passphrase, str) else passphrase
     if not raw:
-        raise KeyError_("the passphrase is empty")
+        raise KeyMaterialError("the passphrase is empty")
     return MasterKey(hashlib.sha256(raw).digest()[-key_len:],
                      hashlib.sha1(raw).digest()[-SALT_LEN:])
 
@@ -39,10 +41,10 @@ def parse_hex(text: str, what: str, lengths: tuple[int, ...]) -> bytes:
     try:
         value = bytes.fromhex(text)
     except ValueError:
-        raise KeyError_(f"{what} is not hexadecimal: {text[:8]}...") from None
+        raise KeyMaterialError(f"{what} is not hexadecimal: {text[:8]}...") from None
     if len(value) not in lengths:
         want = " or ".join(str(n * 2) for n in lengths)
-        raise KeyError_(f"{what} has {len(text.strip())} hex digits; it needs {want}")
+        raise KeyMaterialError(f"{what} has {len(text.strip())} hex digits; it needs {want}")
     return value
 
 
@@ -58,14 +60,15 @@ def resolve(passphrase: str | None, key_hex: str | None, salt_hex: str | None,
     salt = parse_hex(salt_hex, "the master salt (-A)", (SALT_LEN,)) if salt_hex else None
     if key is None:
         if base is None:
-            raise KeyError_("no master key: give a passphrase (-E) or a key and salt (-K, -A)")
+            raise KeyMaterialError("no master key: give a passphrase (-E) or a key and salt "
+                                   "(-K, -A)")
         key = base.key
     if salt is None:
         if base is None:
-            raise KeyError_("no master salt: give -A (28 hex digits) or a passphrase (-E)")
+            raise KeyMaterialError("no master salt: give -A (28 hex digits) or a passphrase (-E)")
         salt = base.salt
     if len(key) != key_len:
-        raise KeyError_(f"the master key has {len(key) * 8} bits but the key derivation "
+        raise KeyMaterialError(f"the master key has {len(key) * 8} bits but the key derivation "
                         f"(-k) needs {key_len * 8}: use -k aes-ctr-{len(key) * 8} or a "
                         f"{key_len * 8}-bit key")
     return MasterKey(key, salt)

@@ -125,7 +125,7 @@ class ReplayGuard:
             return True
         return False
 
-    # -- state for the cluster sync (issue 8) -------------------------------------------------
+    # -- state for the cluster sync --------------------------------------------------------
     def high_water(self) -> dict[int, int]:
         """Highest accepted seq per sender ID."""
         return {sid: st.high for sid, st in self.senders.items()}

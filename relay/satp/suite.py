@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relay.runtime.errors import RelayError
+
 MAX_TAG = 20  # HMAC-SHA1 output
 DEFAULT_TAG = 10
 
 _AES = {"aes-ctr": 16, "aes-ctr-128": 16, "aes-ctr-192": 24, "aes-ctr-256": 32}
 
 
-class SuiteError(ValueError):
+class SuiteError(RelayError, ValueError):
     """An algorithm name or combination the protocol does not have."""
 
 

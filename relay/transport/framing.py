@@ -3,10 +3,12 @@ datagram -- the shape DNS uses over TCP. A SATP datagram never exceeds 65535 byt
 
 from __future__ import annotations
 
+from relay.runtime.errors import RelayError
+
 MAX_FRAME = 0xFFFF
 
 
-class FramingError(ValueError):
+class FramingError(RelayError, ValueError):
     pass
 
 

@@ -14,9 +14,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from relay.server.table import Remote
 from relay.transport import Deliver
 from relay.transport.framing import Deframer, frame
+from relay.transport.remote import Remote
 
 log = logging.getLogger("anytun-relay.tcp")
 

@@ -9,8 +9,9 @@ import contextlib
 import logging
 import socket
 
-from relay.server.table import Remote
+from relay.runtime.errors import RelayError
 from relay.transport import Deliver
+from relay.transport.remote import Remote
 
 log = logging.getLogger("anytun-relay.udp")
 
@@ -23,7 +24,7 @@ BATCH = 64
 SOCKET_BUFFER = 4 << 20
 
 
-class TransportError(Exception):
+class TransportError(RelayError):
     """A socket could not be opened (message for the user)."""
 
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 PROBE = textwrap.dedent("""
     import asyncio, sys
-    from relay.cluster.anytun_sync import ConnectionMessage, RouteMessage
+    from relay.satp.archive import ConnectionMessage, RouteMessage
     from relay.cluster.anytun_sync_io import SyncConnector, SyncListener
 
     ours = [ConnectionMessage(5, 1, 128, b"s" * 14, b"k" * 16, 32, 1234, "10.0.0.9", 4444),

@@ -1,5 +1,5 @@
 """Both C data planes in one anytun-relay daemon on an anycast server: relay mode forwarding on
-relay.fastpath.rtp (RTP both ways between phones on two other hosts, a stranger ignored, the
+relay.rtpproxy.fastmedia (RTP both ways between phones on two other hosts, a stranger ignored, the
 ports returned on D) next to a tunnel endpoint on the C fast path (ping through it).
 
 relay/rtpproxy/server.py still builds its media engine itself, so the daemon is started with
@@ -27,7 +27,8 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 CTL = "udp:127.0.0.1:22222"
-LAUNCH = ("import sys, relay.rtpproxy.server as s; from relay.fastpath.rtp import media_engine;"
+LAUNCH = ("import sys, relay.rtpproxy.server as s;"
+          " from relay.rtpproxy.fastmedia import media_engine;"
           " s.MediaEngine = media_engine; from relay.cli import main; sys.exit(main())")
 
 

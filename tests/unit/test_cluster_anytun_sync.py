@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.cluster.anytun_sync import (
+from relay.satp.archive import (
     ConnectionMessage,
     Decoder,
     RouteMessage,

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import asyncio
 
-from relay.cluster import anytun_sync as wire
 from relay.cluster.records import Record, Store
 from relay.cluster.secrets import ClusterKey
 from relay.cluster.service import SEQ_MARGIN, ClusterSync
 from relay.rtpproxy.ports import PairAllocator
 from relay.rtpproxy.sessions import Party, Session, SessionTable
 from relay.satp import Role, Suite, from_passphrase
+from relay.satp import archive as wire
 from relay.satp.replay import Verdict
-from relay.server.routes import Prefix
-from relay.server.table import ConnectionSpec, ConnectionTable, Remote
+from relay.transport.remote import Remote
+from relay.tunnel.routes import Prefix
+from relay.tunnel.table import ConnectionSpec, ConnectionTable
 
 SUITE = Suite()
 KEY = from_passphrase("pass-1", 16)

@@ -41,7 +41,7 @@ def test_missing_extension_is_reported_not_raised() -> None:
         "import relay.fastpath as f\n"
         "assert not f.available()\n"
         "print(f.unavailable_reason())\n"
-        "from relay.fastpath.plane import create_dataplane\n"
+        "from relay.tunnel.fastplane import create_dataplane\n"
         "assert create_dataplane(object()) is None\n"
         "try:\n"
         "    f.SatpCrypto(None, None, 0)\n"

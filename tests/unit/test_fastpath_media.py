@@ -1,4 +1,4 @@
-"""Relay mode's C media path (relay.fastpath.rtp.FastMediaEngine) with real UDP sockets on
+"""Relay mode's C media path (relay.rtpproxy.fastmedia.FastMediaEngine) with real UDP sockets on
 loopback, where it differs from the Python MediaEngine: the packets take the C path after
 latching, counters collected from C, C leg slots freed and reused, a flood of strangers that
 must not disturb a call, and the fallback without C. The behaviour both engines share (latching
@@ -13,7 +13,7 @@ import socket
 import pytest
 
 from relay import fastpath
-from relay.fastpath.rtp import FastMediaEngine
+from relay.rtpproxy.fastmedia import FastMediaEngine
 from relay.rtpproxy.ports import PairAllocator
 from relay.rtpproxy.sessions import SessionTable
 from tests.conftest import require
@@ -119,7 +119,7 @@ def test_many_calls_and_a_stranger_flood() -> None:
 
 
 def test_media_engine_falls_back_without_c(monkeypatch: pytest.MonkeyPatch) -> None:
-    from relay.fastpath.rtp import media_engine
+    from relay.rtpproxy.fastmedia import media_engine
     from relay.rtpproxy.media import MediaEngine
 
     async def main() -> None:

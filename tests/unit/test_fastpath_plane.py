@@ -15,11 +15,11 @@ from collections.abc import Iterator
 import pytest
 
 from relay import fastpath
-from relay.dataplane import Dataplane, DataplaneConfig
-from relay.endpoint import Handoff
-from relay.fastpath.plane import FastPlane, create_dataplane
 from relay.satp import Role, Suite, from_passphrase
-from relay.server.table import ConnectionSpec, ConnectionTable, Remote, RemoteChanged
+from relay.transport.remote import Remote
+from relay.tunnel.dataplane import Dataplane, DataplaneConfig
+from relay.tunnel.fastplane import FastPlane, Handoff, create_dataplane
+from relay.tunnel.table import ConnectionSpec, ConnectionTable, RemoteChanged
 from tests.conftest import require
 
 KEY = from_passphrase("secret", 16)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,17 @@ def test_shim_path_and_usage_errors() -> None:
     out = subprocess.run([str(BIN / "aarp-shim"), "--", "/no/such/program"],
                          capture_output=True, text=True)
     assert out.returncode == 127 and "cannot run" in out.stderr
+
+
+def test_the_wheel_holds_the_product_only(tmp_path: Path) -> None:
+    """lab/ and demo/ serve the tests, the benchmarks and `make demo`; they are not shipped."""
+    root = Path(__file__).resolve().parents[2]
+    # the wheel is built from the sources; its build compiles nothing that matters here
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                           "--no-build-isolation", "-w", str(tmp_path), str(root)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    top = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {"aarp", "relay"} <= top
+    assert not top & {"lab", "demo", "tests", "bench"}, top

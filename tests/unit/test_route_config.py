@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from relay.satp import Role, Suite, from_passphrase
-from relay.server import config as nc
-from relay.server.controld import Dump, parse_host
-from relay.server.routes import Prefix
-from relay.server.service import apply_connections
-from relay.server.table import ConnectionTable, Remote
+from relay.transport.remote import Remote
+from relay.tunnel import nodefile as nc
+from relay.tunnel.controld import Dump, parse_host
+from relay.tunnel.routes import Prefix
+from relay.tunnel.server import apply_connections
+from relay.tunnel.table import ConnectionTable
 
 GOOD = """
 [node]
@@ -57,7 +61,7 @@ remote = "[fd00:1:2::2]:5000"
 def test_a_full_config() -> None:
     cfg = nc.parse(GOOD)
     assert cfg.node.sender_id == 2 and cfg.node.transports == ("udp", "tcp")
-    assert cfg.node.ifconfig == ("10.8.0.1/16", "fd00:8::1/32")
+    assert [str(i.address) for i in cfg.node.ifconfig] == ["10.8.0.1/16", "fd00:8::1/32"]
     assert cfg.open_tunnel == nc.OpenTunnel("10.255.0.1", None, None)
     assert cfg.aarp is not None and cfg.aarp.anycast == ("10.255.0.1",)
     a, b = cfg.connections
@@ -96,16 +100,47 @@ def test_a_full_config() -> None:
     ("[aarp]\n", "anycast address"),
     ("connection = 5\n", "array of tables"),
     ("[node\n", "config"),
+    # values of the wrong type are one line, not a traceback from deep inside
+    ("[[connection]]\nmux = 1\npassphrase = 'x'\nkd = 5\n", "kd must be a str"),
+    ("[[connection]]\nmux = 1\npassphrase = 'x'\ncipher = 5\n", "cipher must be a str"),
+    ("[[connection]]\nmux = 1\npassphrase = 'x'\nauth = 5\n", "auth must be a str"),
+    ("[[connection]]\nmux = 1\npassphrase = 'x'\ntag_length = 'ten'\n",
+     "tag_length must be a int"),
+    ("[defaults]\nkd = 5\n", "[defaults].kd must be a str"),
+    ("a = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    # defaults are checked even when no connection uses them yet
+    ("[defaults]\nwindow = -1\n", "[defaults].window must be 0..1048576"),
+    ("[defaults]\nrole = 5\n", "[defaults].role must be a str"),
+    ("[defaults]\nrole = 'middle'\n", "unknown role"),
+    ("[[connection]]\nmux = 1\npassphrase = 'x'\nremote = '[::1'\n", "not [address]:port"),
+    ("[[connection]]\nmux = 1\npassphrase = 'x'\nremote = '[::1]x'\n", "not [address]:port"),
 ])
 def test_mistakes_name_the_place(text: str, message: str) -> None:
-    with pytest.raises(nc.NodeConfigError, match=message.replace("(", r"\(").replace(
-            ")", r"\)")):
+    with pytest.raises(nc.NodeConfigError, match=re.escape(message)):
         nc.parse(text)
 
 
 def test_missing_file() -> None:
     with pytest.raises(nc.NodeConfigError, match="No such file"):
         nc.load("/nonexistent/anytun-relay.toml")
+
+
+def test_only_regular_files_of_bounded_size_are_read(tmp_path: Path) -> None:
+    """/dev/zero never ends and a FIFO blocks: both are refused before anything is read."""
+    with pytest.raises(nc.NodeConfigError, match="not a regular file"):
+        nc.load("/dev/zero")
+    fifo = tmp_path / "node.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(nc.NodeConfigError, match="not a regular file"):
+        nc.load(str(fifo))  # returns at once: nobody writes to it
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"# " + b"x" * nc.MAX_FILE + b"\n")
+    with pytest.raises(nc.NodeConfigError, match="larger than"):
+        nc.load(str(big))
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe")
+    with pytest.raises(nc.NodeConfigError, match="not UTF-8"):
+        nc.load(str(binary))
 
 
 def test_apply_connections_replaces_and_keeps_state() -> None:
@@ -135,7 +170,7 @@ CONFIG_OUTPUT = (
 
 
 def _dump(data: bytes) -> Dump:
-    from relay.cluster.anytun_sync import Decoder
+    from relay.satp.archive import Decoder
     d = Dump()
     for msg in Decoder().feed(data):
         d.add(msg)

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from relay.cli import build_parser
-from relay.daemon import ConfigError
 from relay.rtpproxy import cli
 from relay.rtpproxy.server import ControlSpec, RelayConfig, RtpproxyService
+from relay.runtime.errors import ConfigError
 
 
 def services(*argv: str) -> list:
-    return cli.services_from_args(build_parser().parse_args(list(argv)))
+    config = cli.settings_from_args(build_parser().parse_args(list(argv)))
+    return [] if config is None else [RtpproxyService(config)]
 
 
 def test_minimal_relay_mode() -> None:

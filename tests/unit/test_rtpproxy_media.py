@@ -12,7 +12,7 @@ import socket
 import pytest
 
 from relay import fastpath
-from relay.fastpath.rtp import FastMediaEngine
+from relay.rtpproxy.fastmedia import FastMediaEngine
 from relay.rtpproxy.media import MediaEngine
 from relay.rtpproxy.sessions import Change, Session
 from tests.conftest import require

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
-from relay import cli, tunnel_cli
+from relay import cli
 from relay.satp import Role
+from relay.tunnel import cli as tunnel_cli
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +62,12 @@ BAD = [
     (["-D", "--config", "/nonexistent/x.toml", "-p", "5"], "put the node's settings"),
     (["-D", "-E", "x", "--open-tunnel", "anycast"], "not an IP address"),
     (["-D", "-E", "x", "-t", "tap", "--open-tunnel", "10.0.0.1"], "needs a tun"),
+    (["-E", "x", "-C", "/nonexistent"], "-C /nonexistent: no such directory"),
+    (["-D", "--config", "/dev/zero"], "not a regular file"),
+    (["-D", "-E", "x", "-M", "garbage:port:x"], "bad sync host"),
+    (["-D", "-E", "x", "-M", "10.0.0.1:port"], "bad port"),
+    (["-D", "-E", "x", "-S", "2000", "-I", "zz"], "-I 'zz': not an IP address"),
+    (["-D", "-E", "x", "-I", "127.0.0.1"], "-I (sync interface) needs -S"),
 ]
 
 
@@ -88,7 +98,7 @@ def test_anytun_man_page_examples_parse() -> None:
                  ["-i", "127.0.0.1", "-d", "anytun0", "-t", "tun", "-n", "192.0.2.1/30", "-a",
                   "null", "-c", "null", "-w", "0", "-e", "server"]):
         args = cli.build_parser().parse_args([*argv, "-D"])
-        assert tunnel_cli.services_from_args(args)[0].name == "tunnel"
+        assert cli.services_from_args(args)[0].name == "tunnel"
 
 
 def test_version(capsys: pytest.CaptureFixture) -> None:
@@ -107,7 +117,7 @@ def test_anytun_command_line_maps_to_one_connection() -> None:
         ["-r", "hostb.example.com", "-t", "tun", "-n", "192.168.123.1/30", "-c", "aes-ctr-256",
          "-k", "aes-ctr-256", "-E", "have_a_very_safe_and_productive_day", "-e", "left", "-D",
          "-m", "7", "-s", "3", "-w", "64", "-R", "10.0.0.0/8"])
-    services = tunnel_cli.services_from_args(args)
+    services = cli.services_from_args(args)
     ep = services[0]
     conn = ep.table.get(7)
     assert conn.spec.role is Role.LEFT and conn.spec.window == 64
@@ -120,14 +130,32 @@ def test_anytun_command_line_maps_to_one_connection() -> None:
 
 def test_defaults_are_anytuns_except_the_window() -> None:
     args = cli.build_parser().parse_args(["-E", "secret", "-D"])
-    conn = tunnel_cli.services_from_args(args)[0].table.get(0)
+    conn = cli.services_from_args(args)[0].table.get(0)
     assert conn.spec.window == tunnel_cli.DEFAULT_WINDOW > 0
     assert (conn.spec.suite.cipher_key_len, conn.spec.suite.tag_len) == (16, 10)
     args = cli.build_parser().parse_args(["-E", "secret", "-D", "-d", "tap3"])
-    assert tunnel_cli.services_from_args(args)[0].settings.device_kind == "tap"  # from the name
+    assert cli.services_from_args(args)[0].settings.device_kind == "tap"  # from the name
 
 
 def test_null_transforms_need_no_key() -> None:
     args = cli.build_parser().parse_args(["-c", "null", "-a", "null", "-k", "null", "-D"])
-    conn = tunnel_cli.services_from_args(args)[0].table.get(0)
+    conn = cli.services_from_args(args)[0].table.get(0)
     assert conn.spec.master is None and conn.spec.suite.overhead == 10
+
+
+def test_a_taken_sync_port_is_one_line() -> None:
+    """-S on a port another program listens on: exit 2 with the reason, no traceback."""
+    with socket.socket() as taken, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ctl:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ctl.bind(("127.0.0.1", 0))
+        port, ctl_port = taken.getsockname()[1], ctl.getsockname()[1]
+        ctl.close()
+        proc = subprocess.run(
+            [sys.executable, "-m", "relay", "-D", "--rtpproxy", f"udp:127.0.0.1:{ctl_port}",
+             "--rtp-address", "127.0.0.1", "--rtp-ports", "41000-41099", "-S", str(port),
+             "-I", "127.0.0.1"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("anytun-relay:")]
+    assert err and f"-S {port}: cannot listen" in err[0]
+    assert "Traceback" not in proc.stderr

@@ -9,16 +9,12 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay import packet as pk
-from relay.dataplane import Dataplane, DataplaneConfig
 from relay.satp import PT_ETHERNET, PT_IPV4, PT_IPV6, Role, SatpContext, Suite, from_passphrase
-from relay.server.routes import Prefix
-from relay.server.table import (
-    MAX_MACS_PER_CONNECTION,
-    ConnectionSpec,
-    ConnectionTable,
-    Remote,
-)
+from relay.transport.remote import Remote
+from relay.tunnel import packet as pk
+from relay.tunnel.dataplane import Dataplane, DataplaneConfig
+from relay.tunnel.routes import Prefix
+from relay.tunnel.table import MAX_MACS_PER_CONNECTION, ConnectionSpec, ConnectionTable
 
 SUITE = Suite()
 KEY = from_passphrase("secret", 16)

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from relay.satp import KeyError_, Role, Suite, SuiteError, from_passphrase
+from relay.satp import KeyMaterialError, Role, Suite, SuiteError, from_passphrase
 from relay.satp import keys as satp_keys
 
 
@@ -43,7 +43,7 @@ def test_hex_overrides_passphrase_parts() -> None:
     (("", None, None, 16), "empty"),
 ])
 def test_bad_key_material_is_refused(args: tuple, message: str) -> None:
-    with pytest.raises(KeyError_, match=message):
+    with pytest.raises(KeyMaterialError, match=message):
         satp_keys.resolve(*args)
 
 

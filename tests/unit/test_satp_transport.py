@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.satp import Role, Suite, from_passphrase
-from relay.seqstore import CHUNK, SeqFileError, SeqStore
-from relay.server.table import ConnectionSpec, ConnectionTable
 from relay.transport.framing import Deframer, FramingError, frame
+from relay.tunnel.seqstore import CHUNK, SeqFileError, SeqStore
+from relay.tunnel.table import ConnectionSpec, ConnectionTable
 
 
 @settings(max_examples=100, deadline=None)

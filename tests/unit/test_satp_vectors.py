@@ -52,5 +52,5 @@ def test_anytun_key_length_quirk_is_refused_not_copied() -> None:
     SatpContext(Suite(16, 0, True, 10), None, Role.parse(e["role_of_sender"]).peer).open(
         bytes.fromhex(e["outer_hex"]))
     # ... and the same options are an error for us
-    with pytest.raises(satp_keys.KeyError_, match="128 bits but the key derivation"):
+    with pytest.raises(satp_keys.KeyMaterialError, match="128 bits but the key derivation"):
         satp_keys.resolve(None, e["master_key"], e["master_salt"], 32)

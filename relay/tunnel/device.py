@@ -16,7 +16,9 @@ import struct
 import subprocess
 from dataclasses import dataclass
 
-log = logging.getLogger("anytun-relay.device")
+from relay.runtime.errors import RelayError
+
+log = logging.getLogger("anytun-relay.tunnel.device")
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -27,7 +29,7 @@ DEFAULT_MTU = 1400  # what anytun and uanytun set with -n
 READ_SIZE = 65536
 
 
-class DeviceError(Exception):
+class DeviceError(RelayError):
     """The device could not be created or configured (message for the user)."""
 
 

@@ -16,6 +16,8 @@ import os
 import struct
 import subprocess
 
+from relay.runtime.errors import RelayError
+
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
 TUNGETIFF = 0x800454D2
@@ -25,8 +27,8 @@ IFNAMSIZ = 16
 VNET_HDR_LEN = 10
 
 
-class TunSwitchError(OSError):
-    pass
+class TunSwitchError(RelayError, OSError):
+    """The device could not be re-attached with other flags."""
 
 
 def flags_of(fd: int) -> tuple[str, int]:

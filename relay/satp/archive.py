@@ -21,6 +21,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from relay.runtime.errors import RelayError
+
 ARCHIVE_VERSION = 18           # Boost 1.74, as Debian's anytun 0.3.8 writes it
 ACCEPTED_VERSIONS = range(10, 21)
 MAX_BODY = 4096                # real messages are ~260 bytes; more is garbage or an attack
@@ -30,7 +32,7 @@ _NUM = re.compile(rb"0|[1-9][0-9]*")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
-class SyncProtocolError(ValueError):
+class SyncProtocolError(RelayError, ValueError):
     """Bytes that are not an anytun sync message."""
 
 

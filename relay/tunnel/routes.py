@@ -10,10 +10,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from relay.runtime.errors import RelayError
+
 BITS = {4: 32, 6: 128}
 
 
-class RouteError(ValueError):
+class RouteError(RelayError, ValueError):
     """A prefix that cannot be parsed."""
 
 

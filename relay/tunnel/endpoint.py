@@ -3,61 +3,36 @@
 This is the only place where the pure parts meet IO. Per wake-up it reads a batch from a
 socket or the device, runs the data plane over the batch, and writes the results out.
 
-External data plane hook (the C fast path of relay/fastpath plugs in here, nothing else
-changes): if the module `relay.fastpath` exists and has `create_dataplane(handoff)`, the
-endpoint calls it at start with a `Handoff` (device fd, UDP sockets, connection table, data
-plane settings, and the Python data plane as slow path). It returns an object with `start()`,
+The fast plane (relay.tunnel.fastplane, the C engine of relay.fastpath) plugs in here: at
+start the endpoint offers it a `Handoff` (device fd, UDP sockets, connection table, data plane
+settings, and the Python data plane as slow path). It returns an object with `start()`,
 `stop()` and `status() -> dict` that then owns the device and UDP sockets' reading and
 writing, or None to decline (the Python path is used). `--dataplane python` never asks,
-`--dataplane fast` fails the start if nobody accepts. The table stays the source of truth:
-an external plane reads connections from it, follows its notifications, and updates
-send_seq / remote / replay state through the same objects (or reports them back).
+`--dataplane fast` fails the start if it declines. The table stays the source of truth: the
+fast plane reads connections from it, follows its notifications, and updates send_seq /
+remote / replay state through the same objects (or reports them back).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from relay.daemon import ConfigError
-from relay.dataplane import Dataplane, DataplaneConfig
-from relay.device import Device, DeviceError, IfConfig
-from relay.server.table import ConnectionTable, Event, Remote, RemoteChanged
+from relay import fastpath
+from relay.runtime.errors import ConfigError
+from relay.runtime.logtargets import NOTICE
+from relay.transport.remote import Remote
 from relay.transport.tcp import TcpTransport
 from relay.transport.udp import TransportError, UdpTransport
+from relay.tunnel import fastplane
+from relay.tunnel.dataplane import Dataplane, DataplaneConfig
+from relay.tunnel.device import Device, DeviceError, IfConfig
+from relay.tunnel.table import Connection, ConnectionTable, Event, RemoteChanged
 
 log = logging.getLogger("anytun-relay")
-NOTICE = 25
-
-
-@dataclass
-class Handoff:
-    """What an external data plane gets: it must not close the fds (the endpoint does)."""
-
-    device_fd: int
-    device_kind: str                     # "tun" | "tap"
-    device_name: str
-    udp_sockets: list[socket.socket]     # non-blocking, bound; one per address family
-    udp_lite: bool
-    table: ConnectionTable
-    config: DataplaneConfig
-    slow_path: Dataplane                 # for packets the fast path does not handle
-    send: Callable[[list[tuple[bytes, Remote]]], None]  # send via the endpoint's transports
-    to_device: Callable[[list[bytes]], None]
-
-
-class ExternalDataplane(Protocol):
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def status(self) -> dict: ...
 
 
 @dataclass
@@ -80,7 +55,7 @@ class EndpointSettings:
 
 
 class Endpoint:
-    """A Service (relay.daemon): start() opens everything, stop() closes it in reverse."""
+    """A Service (relay.runtime.daemon): start() opens everything, stop() closes it in reverse."""
 
     def __init__(self, settings: EndpointSettings, table: ConnectionTable,
                  name: str = "tunnel") -> None:
@@ -90,7 +65,7 @@ class Endpoint:
         self.dataplane = Dataplane(table, settings.dataplane)
         self.device: Device | None = None
         self.transports: dict[str, UdpTransport | TcpTransport] = {}
-        self.external: ExternalDataplane | None = None
+        self.external: fastplane.ExternalDataplane | None = None
         self.device_write_errors = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
@@ -157,24 +132,20 @@ class Endpoint:
             log.log(NOTICE, "device %s removed", self.device.name)
         self.table.flush_progress()
 
-    def _external_dataplane(self) -> ExternalDataplane | None:
+    def _external_dataplane(self) -> fastplane.ExternalDataplane | None:
         mode = self.settings.dataplane_impl
         if mode == "python":
             return None
-        try:
-            mod = importlib.import_module("relay.fastpath")
-            factory = mod.create_dataplane
-        except (ImportError, AttributeError) as exc:
-            if mode == "fast":
-                raise ConfigError(f"--dataplane fast: no fast path available ({exc})") from None
-            return None
+        if mode == "fast" and not fastpath.available():
+            raise ConfigError(f"--dataplane fast: no fast path available "
+                              f"({fastpath.unavailable_reason()})")
         udp = self.transports.get("udp") or self.transports.get("udplite")
         assert self.device is not None
-        handoff = Handoff(self.device.fd, self.device.kind, self.device.name,
+        handoff = fastplane.Handoff(self.device.fd, self.device.kind, self.device.name,
                           list(udp.sockets.values()) if isinstance(udp, UdpTransport) else [],
                           "udplite" in self.transports, self.table, self.settings.dataplane,
                           self.dataplane, self._send, self._write_device)
-        ext = factory(handoff)
+        ext = fastplane.create_dataplane(handoff)
         if ext is None and mode == "fast":
             raise ConfigError("--dataplane fast: the fast path declined this configuration")
         if ext is not None:
@@ -265,7 +236,7 @@ class Endpoint:
         return out
 
 
-def connection_status(conn) -> dict:
+def connection_status(conn: Connection) -> dict:
     return {"mux": conn.mux, "name": conn.spec.name,
             "remote": str(conn.remote) if conn.remote else None,
             "role": conn.spec.role.name.lower(), "suite": conn.spec.suite.describe(),

@@ -14,15 +14,16 @@ import json
 import logging
 import os
 
-from relay.server.table import ConnectionTable, Event, Progress
+from relay.runtime.errors import RelayError
+from relay.tunnel.table import ConnectionTable, Event, Progress
 
 log = logging.getLogger("anytun-relay.seq")
 _MOD = 1 << 32
 CHUNK = 1 << 20
 
 
-class SeqFileError(Exception):
-    pass
+class SeqFileError(RelayError):
+    """The seq file cannot be read or written."""
 
 
 class SeqStore:

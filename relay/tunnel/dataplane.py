@@ -4,7 +4,7 @@
     from_device(packets)    -> datagrams to send, packets back to the device (ICMP errors)
 
 Both take a batch and append to output lists the caller owns, so an IO layer can read many
-packets per wake-up and write them out together; the C fast path (relay/fastpath, issue 9)
+packets per wake-up and write them out together; the C fast path (relay.tunnel.fastplane)
 replaces exactly this boundary. All state lives in the ConnectionTable; this class only holds
 the node's settings and the drop counters.
 
@@ -18,10 +18,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from relay import packet as pk
 from relay.satp.codec import HEADER, HEADER_LEN, PT_ETHERNET, PT_IPV4, PT_IPV6, OpenError
 from relay.satp.replay import Verdict
-from relay.server.table import Connection, ConnectionTable, Remote
+from relay.transport.remote import Remote
+from relay.tunnel import packet as pk
+from relay.tunnel.table import Connection, ConnectionTable
 
 MAX_DATAGRAM = 1600  # anytun and uanytun read at most this much per datagram
 _MOD = 1 << 32

@@ -11,14 +11,14 @@ import asyncio
 import logging
 import subprocess
 
-from relay.daemon import ConfigError
-from relay.endpoint import Endpoint
-from relay.server.config import OpenTunnel
-from relay.server.routes import Prefix
-from relay.server.table import ConnectionTable, Event, RouteAdded, RouteRemoved
+from relay.runtime.errors import ConfigError
+from relay.runtime.logtargets import NOTICE
+from relay.tunnel.endpoint import Endpoint
+from relay.tunnel.routes import Prefix
+from relay.tunnel.settings import OpenTunnel
+from relay.tunnel.table import ConnectionTable, Event, RouteAdded, RouteRemoved
 
 log = logging.getLogger("anytun-relay.kernel")
-NOTICE = 25
 
 
 class KernelRoutes:

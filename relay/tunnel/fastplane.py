@@ -1,5 +1,6 @@
-"""The endpoint's external data plane (relay.endpoint's hook): the C Engine for one connection.
+"""The tunnel endpoint's fast plane: the C Engine (relay.fastpath) for one connection.
 
+The endpoint (relay.tunnel.endpoint) hands over its device and sockets in a `Handoff`;
 `create_dataplane(handoff)` accepts the common case — one connection over UDP or UDP-Lite,
 TUN or TAP — and declines the rest (routing between many connections, TCP transport), which
 the Python data plane keeps. The connection table stays the source of truth:
@@ -23,21 +24,26 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import Any
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from relay import packet as pk
 from relay.fastpath import Engine, FastpathError, ReplayParams, SatpCrypto, available
-from relay.fastpath.tundev import VNET_HDR_LEN, TunSwitchError, set_vnet_hdr
 from relay.satp import PT_ETHERNET, PT_IPV4, PT_IPV6
-from relay.server.table import (
+from relay.transport.remote import Remote
+from relay.tunnel import packet as pk
+from relay.tunnel.dataplane import Dataplane, DataplaneConfig
+from relay.tunnel.table import (
     Connection,
     ConnectionChanged,
     ConnectionRemoved,
+    ConnectionTable,
     Event,
     Progress,
-    Remote,
     RemoteChanged,
 )
+from relay.tunnel.tundev import VNET_HDR_LEN, TunSwitchError, set_vnet_hdr
 
 log = logging.getLogger("anytun-relay.fastpath")
 LOCAL = "local"
@@ -49,12 +55,39 @@ _DROP_NAMES = {"rx_short": "short", "rx_auth": "auth", "rx_replay": "replay",
                "rx_dev_error": "device_write"}
 
 
+@dataclass
+class Handoff:
+    """What the fast plane gets from the endpoint: it must not close the fds (the endpoint
+    does)."""
+
+    device_fd: int
+    device_kind: str                     # "tun" | "tap"
+    device_name: str
+    udp_sockets: list[socket.socket]     # non-blocking, bound; one per address family
+    udp_lite: bool
+    table: ConnectionTable
+    config: DataplaneConfig
+    slow_path: Dataplane                 # for packets the fast path does not handle
+    send: Callable[[list[tuple[bytes, Remote]]], None]  # send via the endpoint's transports
+    to_device: Callable[[list[bytes]], None]
+
+
+class ExternalDataplane(Protocol):
+    """What the endpoint runs instead of the Python data plane."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def status(self) -> dict: ...
+
+
 def offloads_wanted() -> bool:
     return os.environ.get("RELAY_FASTPATH_OFFLOADS", "1").lower() not in ("0", "no", "off")
 
 
-def create_dataplane(handoff: Any) -> FastPlane | None:
-    """The hook relay.endpoint calls; None declines (the Python data plane runs)."""
+def create_dataplane(handoff: Handoff) -> FastPlane | None:
+    """The fast plane for this endpoint, or None to decline (the Python data plane runs)."""
     if not available():
         log.info("fast path not built; using the Python data plane")
         return None
@@ -78,7 +111,7 @@ def create_dataplane(handoff: Any) -> FastPlane | None:
 
 
 class FastPlane:
-    def __init__(self, handoff: Any) -> None:
+    def __init__(self, handoff: Handoff) -> None:
         self.h = handoff
         self.engine: Engine | None = None
         self.vnet = False

@@ -1,9 +1,9 @@
 """-X host[:port]: connections and routes from a real anytun-controld.
 
-anytun-controld writes its whole table (framed Boost text archives, decoded by the anytun sync
-codec relay.cluster.anytun_sync -- one parser for controld and sync) to every
-client that connects and then stays silent; restarting it with a new file is how operators
-change the configuration. anytun merges every dump into what it had. anytun-relay treats each
+anytun-controld writes its whole table (framed Boost text archives, decoded by
+relay.satp.archive, the codec the anytun sync protocol shares) to every client that connects
+and then stays silent; restarting it with a new file is how operators change the
+configuration. anytun merges every dump into what it had. anytun-relay treats each
 dump as the complete configuration: once the stream has been quiet for a moment (or ends
 cleanly), connections and routes that the dump did not mention are removed, unchanged
 connections keep their state. A broken stream is never applied half. The link is retried
@@ -17,13 +17,13 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from relay.cluster import anytun_sync as archive
-from relay.satp import MasterKey, Role, Suite
-from relay.server.routes import Prefix, RouteError
-from relay.server.table import ConnectionSpec, ConnectionTable, Remote
+from relay.runtime.logtargets import NOTICE
+from relay.satp import MasterKey, Role, Suite, archive
+from relay.transport.remote import Remote
+from relay.tunnel.routes import Prefix, RouteError
+from relay.tunnel.table import ConnectionSpec, ConnectionTable
 
 log = logging.getLogger("anytun-relay.controld")
-NOTICE = 25
 DEFAULT_PORT = 2323
 RETRY = 10.0  # like anytun; the first retries come sooner
 QUIET = 0.5

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
+
+from relay.runtime.errors import ConfigError
 
 log = logging.getLogger("anytun-relay")
 
@@ -28,11 +31,7 @@ class Service(Protocol):
 
 
 # Called once after every service started (e.g. to release a daemonizing parent).
-READY_HOOKS: list = []
-
-
-class ConfigError(Exception):
-    """A user mistake in options or configuration: printed as one line, exit status 2."""
+READY_HOOKS: list[Callable[[], None]] = []
 
 
 async def run_services(services: list[Service]) -> int:

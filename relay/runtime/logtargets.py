@@ -12,6 +12,9 @@ import os
 import sys
 from dataclasses import dataclass
 
+from relay.runtime.errors import ConfigError
+
+# anytun's "notice" level, between INFO and WARNING: what an operator wants in syslog.
 NOTICE = 25
 logging.addLevelName(NOTICE, "NOTICE")
 LEVELS = {0: None, 1: logging.ERROR, 2: logging.WARNING, 3: NOTICE, 4: logging.INFO,
@@ -20,8 +23,8 @@ FORMAT = "%(asctime)s %(levelname)s: %(message)s"
 ROOT = "anytun-relay"
 
 
-class LogSpecError(ValueError):
-    pass
+class LogSpecError(ConfigError):
+    """A -L target that cannot be used."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The control socket of a running node and `anytun-relay status`.
+"""The control socket of a running node, and the client side that `anytun-relay status` uses.
 
 Each endpoint listens on a Unix socket: by default the abstract name
 `@anytun-relay/<device>` -- abstract sockets belong to the network namespace, leave no files
@@ -16,7 +16,6 @@ import logging
 import os
 import socket
 import struct
-import sys
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("anytun-relay.control")
@@ -61,7 +60,7 @@ class ControlServer:
             self.address = None
             return
         self._server = await asyncio.start_unix_server(self._client, sock=sock)
-        log.info("control socket %s", _display(self.address))
+        log.info("control socket %s", display(self.address))
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -72,7 +71,7 @@ class ControlServer:
                     os.unlink(self.path)
 
     def status(self) -> dict:
-        return {"socket": _display(self.address) if self.address else None}
+        return {"socket": display(self.address) if self.address else None}
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -106,7 +105,7 @@ class ControlServer:
         return {"error": f"unknown command {command[:40]!r}; use status or reload"}
 
 
-def _display(address: str) -> str:
+def display(address: str) -> str:
     return "@" + address[1:] if address.startswith("\0") else address
 
 
@@ -144,55 +143,3 @@ def request(address: str, command: str, timeout: float = 5) -> dict:
                 break
             data += chunk
     return json.loads(data)
-
-
-def format_status(name: str, st: dict) -> str:
-    """anytun-showtables style lines plus counters."""
-    lines = [f"node {name}"]
-    for info in st.values():
-        if not isinstance(info, dict) or "connections" not in info:
-            continue
-        dev = info.get("device") or {}
-        dp = info.get("dataplane", {})
-        lines.append(f"  device {dev.get('name')} ({dev.get('kind')}), rx {dp.get('rx', 0)} "
-                     f"tx {dp.get('tx', 0)} relayed {dp.get('relayed', 0)}")
-        if dp.get("drops"):
-            lines.append("  drops: " + ", ".join(f"{k} {v}" for k, v in
-                                                 sorted(dp["drops"].items())))
-        for c in info["connections"]:
-            remote = c["remote"] or "not registered"
-            drops = ", ".join(f"{k} {v}" for k, v in sorted(c["drops"].items())) or "none"
-            lines.append(f"  Client {c['mux']}: {remote}  rx {c['rx_packets']} "
-                         f"tx {c['tx_packets']} drops: {drops}")
-        for r in info.get("routes", []):
-            lines.append(f"  Route: {r['prefix']} -> {r['mux']}")
-    return "\n".join(lines)
-
-
-def status_main(argv: list[str]) -> int:
-    """anytun-relay status [--json] [SOCKET|DEVICE ...]"""
-    as_json = "--json" in argv
-    names = [a for a in argv if a != "--json"]
-    if any(a.startswith("-") for a in names):
-        print("usage: anytun-relay status [--json] [SOCKET-PATH|DEVICE ...]", file=sys.stderr)
-        return 2
-    targets = [n if "/" in n else abstract_name(n) for n in names] or discover()
-    if not targets:
-        print("anytun-relay: no running node found in this network namespace",
-              file=sys.stderr)
-        return 1
-    rc = 0
-    for t in targets:
-        label = _display(t)
-        try:
-            st = request(t, "status")
-        except (OSError, ValueError) as exc:
-            print(f"anytun-relay: {label}: {exc}", file=sys.stderr)
-            rc = 1
-            continue
-        if "error" in st:
-            print(f"anytun-relay: {label}: {st['error']}", file=sys.stderr)
-            rc = 1
-            continue
-        print(json.dumps(st, indent=1) if as_json else format_status(label, st))
-    return rc

@@ -2,13 +2,13 @@
 
 `FastMediaEngine` is relay.rtpproxy.media.MediaEngine with the per-packet work moved to C:
 the session logic (wiring, latching, counters, ports) is the parent's, unchanged. The parent
-registers a relay socket with `loop.add_reader(fd, self._drain, leg)` when a pair joins a
-session and removes it before closing; here a small loop wrapper turns those calls into C legs
-instead, and after every (re)wiring each leg's outgoing socket, destination and source rules
-are pushed to C: the accepted source, and which new sources the latching policy
-(sessions.admit) would take on first sight. C forwards those at once and reports them; the
-report goes through the parent's `_admit`, which records the latch, logs it and re-wires (the
-peer's legs then send to the learned address), exactly as when Python saw the packet itself.
+calls `attach_leg(leg)` when a pair joins a session and `detach_leg(leg)` before closing it;
+here those hand the socket to a C leg instead of the event loop, and after every (re)wiring
+each leg's outgoing socket, destination and source rules are pushed to C: the accepted
+source, and which new sources the latching policy (sessions.admit) would take on first
+sight. C forwards those at once and reports them; the report goes through the parent's
+`_admit`, which records the latch, logs it and re-wires (the peer's legs then send to the
+learned address), exactly as when Python saw the packet itself.
 Python is never on the packet path.
 
 Counters are collected from C a few times a second into the party counters, totals and
@@ -25,11 +25,10 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Any
 
 from relay import fastpath
 from relay.fastpath import ffi, lib
-from relay.rtpproxy.media import MediaEngine, _Leg
+from relay.rtpproxy.media import Leg, MediaEngine
 from relay.rtpproxy.ports import PortAllocator
 from relay.rtpproxy.sessions import Session, SessionTable
 
@@ -60,23 +59,6 @@ def media_engine(table: SessionTable, allocator: PortAllocator, *, latch: str = 
     return MediaEngine(table, allocator, latch=latch, loop=loop)
 
 
-class _LoopShim:
-    """What the parent sees as its loop: readers become C legs, everything else passes."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, engine: FastMediaEngine) -> None:
-        self._loop = loop
-        self._engine = engine
-
-    def add_reader(self, fd: int, callback: Any, leg: _Leg) -> None:
-        self._engine._leg_added(fd, leg)
-
-    def remove_reader(self, fd: int) -> bool:
-        return self._engine._leg_removed(fd)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loop, name)
-
-
 class FastMediaEngine(MediaEngine):
     def __init__(self, table: SessionTable, allocator: PortAllocator, *, latch: str = "ip",
                  loop: asyncio.AbstractEventLoop | None = None, workers: int | None = None
@@ -87,12 +69,10 @@ class FastMediaEngine(MediaEngine):
         if ptr == ffi.NULL:
             raise fastpath.FastpathError(ffi.string(err).decode())
         self._rtp = ptr
-        self._legs: dict[int, _Leg] = {}       # C leg id -> leg
+        self._legs: dict[int, Leg] = {}       # C leg id -> leg
         self._ids: dict[int, int] = {}          # fd -> C leg id
         self._seen: dict[int, tuple[int, ...]] = {}
-        self._real_loop = real
-        super().__init__(table, allocator, latch=latch, loop=_LoopShim(real, self))  # type: ignore[arg-type]
-        self._clock = real.time
+        super().__init__(table, allocator, latch=latch, loop=real)
         self._ev_src = ffi.new("uint8_t[]", 128)
         self._ev_len = ffi.new("uint32_t *")
         self._ev_id = ffi.new("int *")
@@ -101,7 +81,8 @@ class FastMediaEngine(MediaEngine):
         self._timer: asyncio.TimerHandle | None = real.call_later(SYNC_INTERVAL, self._tick)
 
     # -- legs ---------------------------------------------------------------------------------
-    def _leg_added(self, fd: int, leg: _Leg) -> None:
+    def attach_leg(self, leg: Leg) -> None:
+        fd = leg.sock.fileno()
         lid = lib.fp_rtp_leg_add(self._rtp, fd)
         if lid < 0:
             raise OSError(-lid, f"cannot add relay socket to the C media path: "
@@ -110,17 +91,16 @@ class FastMediaEngine(MediaEngine):
         self._ids[fd] = lid
         self._seen[lid] = (0, 0, 0, 0, 0)
 
-    def _leg_removed(self, fd: int) -> bool:
-        lid = self._ids.pop(fd, None)
+    def detach_leg(self, leg: Leg) -> None:
+        lid = self._ids.pop(leg.sock.fileno(), None)
         if lid is None:
-            return False
+            return
         self._sync_counters()  # what the leg did before it goes
         lib.fp_rtp_leg_remove(self._rtp, lid)
         self._legs.pop(lid, None)
         self._seen.pop(lid, None)
-        return True
 
-    def _push(self, leg: _Leg) -> None:
+    def _push(self, leg: Leg) -> None:
         """Tell C where this leg's packets go and which sources it may forward by itself."""
         lid = self._ids.get(leg.sock.fileno()) if leg.sock.fileno() >= 0 else None
         if lid is None:
@@ -138,7 +118,7 @@ class FastMediaEngine(MediaEngine):
         lib.fp_rtp_leg_set(self._rtp, lid, out_fd, dest, len(dest), src, len(src), ask, sticky,
                            h[0], len(h[0]), h[1], len(h[1]))
 
-    def _ask(self, leg: _Leg) -> tuple[int, list[str]]:
+    def _ask(self, leg: Leg) -> tuple[int, list[str]]:
         """Which other sources relay.rtpproxy.sessions.admit might accept (C drops the rest):
         its rules, read backwards."""
         party = leg.party
@@ -189,7 +169,7 @@ class FastMediaEngine(MediaEngine):
             self._sync_counters()
         finally:
             if self._rtp is not None:
-                self._timer = self._real_loop.call_later(SYNC_INTERVAL, self._tick)
+                self._timer = self.loop.call_later(SYNC_INTERVAL, self._tick)
 
     def _sync_counters(self) -> None:
         if self._rtp is None:
@@ -224,9 +204,9 @@ class FastMediaEngine(MediaEngine):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        super().close()  # removes every leg (through the shim) and closes the sockets
+        super().close()  # detaches every leg and closes the sockets
         if self._rtp is not None:
-            self._real_loop.remove_reader(lib.fp_rtp_event_fd(self._rtp))
+            self.loop.remove_reader(lib.fp_rtp_event_fd(self._rtp))
             lib.fp_rtp_stop(self._rtp)
             self._rtp = None
 

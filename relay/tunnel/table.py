@@ -18,26 +18,16 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
-from relay.satp import MasterKey, ReplayGuard, Role, SatpContext, Suite
-from relay.server.routes import Prefix, RouteTable
+from relay.satp import ReplayGuard, SatpContext
+from relay.satp.kdf import Role
+from relay.satp.keys import MasterKey
+from relay.satp.suite import Suite
+from relay.transport.remote import Remote
+from relay.tunnel.routes import Prefix, RouteTable
 
 LOCAL = "local"
 log = logging.getLogger("anytun-relay.table")
-
-
-class Remote(NamedTuple):
-    """Where a peer is: transport ("udp", "udplite", "tcp"), IP address text, port."""
-
-    transport: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        suffix = "" if self.transport == "udp" else f" ({self.transport})"
-        return f"{host}:{self.port}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -76,23 +66,6 @@ class Connection:
     @property
     def mux(self) -> int:
         return self.spec.mux
-
-
-# -- plain records: what a sync backend stores and ships -------------------------------------
-@dataclass
-class ConnectionState:
-    """One connection as other nodes need it (keys included: ship it only encrypted)."""
-
-    mux: int
-    role: str                      # "left" | "right"
-    kd_bits: int                   # master key length in bits (0: null kd)
-    master_key: bytes
-    master_salt: bytes
-    window: int
-    send_seq: int                  # next seq this node would send
-    remote: tuple[str, str, int] | None  # (transport, host, port)
-    recv_high: dict[int, int]      # sender ID -> highest accepted seq
-    routes: list[str] = field(default_factory=list)
 
 
 # -- notifications ----------------------------------------------------------------------------
@@ -276,7 +249,7 @@ class ConnectionTable:
         self.macs[mac] = mux
         self._emit(MacLearned(mac, mux, origin))
 
-    # -- progress and whole-state records (cluster sync) --------------------------------------
+    # -- progress (cluster sync, seq file) ---------------------------------------------------
     def flush_progress(self) -> int:
         """Announce send seq / receive high-water marks of connections that moved."""
         n = 0
@@ -286,20 +259,6 @@ class ConnectionTable:
                 n += 1
                 self._emit(Progress(conn.mux, conn.send_seq, conn.replay.high_water()))
         return n
-
-    def export_state(self, mux: int) -> ConnectionState | None:
-        conn = self.by_mux.get(mux)
-        if conn is None:
-            return None
-        s = conn.spec
-        return ConnectionState(
-            mux=s.mux, role="left" if s.role is Role.LEFT else "right",
-            kd_bits=s.suite.kd_key_len * 8,
-            master_key=s.master.key if s.master else b"",
-            master_salt=s.master.salt if s.master else b"",
-            window=s.window, send_seq=conn.send_seq,
-            remote=tuple(conn.remote) if conn.remote else None,  # type: ignore[arg-type]
-            recv_high=conn.replay.high_water(), routes=[str(p) for p in s.routes])
 
     def apply_progress(self, mux: int, send_seq: int | None, recv_high: dict[int, int],
                        now: float, *, origin: str) -> None:
@@ -313,25 +272,3 @@ class ConnectionTable:
         for sid, high in recv_high.items():
             conn.replay.advance(sid, high, now)
         self._emit(Progress(mux, conn.send_seq, conn.replay.high_water(), origin))
-
-    def apply_state(self, state: ConnectionState, base: ConnectionSpec | None, now: float, *,
-                    origin: str) -> Connection:
-        """Create or update a connection from a record received from another node. `base`
-        gives the algorithms (suite) and anything the record does not carry; without it the
-        defaults of an existing connection are kept."""
-        existing = self.by_mux.get(state.mux)
-        ref = base or (existing.spec if existing else None)
-        if ref is None:
-            raise ValueError(f"no algorithms known for mux {state.mux}")
-        kd = state.kd_bits // 8
-        suite = Suite(ref.suite.cipher_key_len, kd, ref.suite.auth, ref.suite.tag_len)
-        master = MasterKey(state.master_key, state.master_salt) if kd else None
-        routes = tuple(Prefix.parse(r) for r in state.routes) if state.routes else ref.routes
-        spec = ConnectionSpec(state.mux, master, Role.parse(state.role), suite, state.window,
-                              routes, ref.remote, ref.name)
-        conn = self.put(spec, send_seq=state.send_seq, origin=origin)
-        if state.remote is not None:
-            self.set_remote(conn, Remote(*state.remote), origin=origin)
-        self.apply_progress(state.mux, state.send_seq, state.recv_high, now, origin=origin)
-        return conn
-

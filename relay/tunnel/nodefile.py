@@ -1,4 +1,4 @@
-"""The native configuration of a node: one TOML file (reloaded on SIGHUP). See docs/server.md.
+"""The node's TOML file (reloaded on SIGHUP), read into ServerSettings. See docs/server.md.
 
     [node]          listen address/port/transports, device, sender ID, modes
     [defaults]      algorithms, role and window for every connection
@@ -7,70 +7,42 @@
     [[connection]]  mux, keys (passphrase or key + salt), role, window, routes, remote
 
 Parsing is pure and strict: unknown keys (typos) and wrong types are errors naming the place,
-so a reload with a broken file is refused and the running configuration stays.
+so a reload with a broken file is refused and the running configuration stays. Reading is
+bounded: a file larger than MAX_FILE, or anything that is not a regular file (a FIFO, a device)
+is refused before a byte is read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import os
+import stat
 import tomllib
-from dataclasses import dataclass, field
 from typing import Any
 
-from relay.satp import KeyError_, Role, Suite, SuiteError
+from relay.runtime.errors import ConfigError
+from relay.satp import KeyMaterialError, Role, Suite, SuiteError
 from relay.satp import keys as satp_keys
-from relay.server.routes import Prefix, RouteError
-from relay.server.table import ConnectionSpec, Remote
+from relay.transport.remote import Remote
+from relay.tunnel.device import IfConfig
+from relay.tunnel.routes import Prefix, RouteError
+from relay.tunnel.settings import (
+    DEFAULT_PORT,
+    DEFAULT_WINDOW,
+    TRANSPORTS,
+    AarpAnswer,
+    NodeSettings,
+    OpenTunnel,
+    ServerSettings,
+)
+from relay.tunnel.table import ConnectionSpec
 
-DEFAULT_WINDOW = 1024
-
-
-class NodeConfigError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class OpenTunnel:
-    snat4: str | None = None
-    snat6: str | None = None
-    out_interface: str | None = None
-
-
-@dataclass(frozen=True)
-class AarpAnswer:
-    anycast: tuple[str, ...] = ()
-    unicast: tuple[str, ...] = ()
-    port: int | None = None
-    key: str | None = None
+MAX_FILE = 16 << 20  # 10,000 connections take about 2 MB
 
 
-@dataclass(frozen=True)
-class NodeSettings:
-    """What only a restart can change (the reload keeps the running values and warns)."""
-
-    interface: str | None = None
-    port: int = 4444
-    transports: tuple[str, ...] = ("udp",)
-    families: tuple[int, ...] = (4, 6)
-    sender_id: int = 0
-    device: str = "tun"
-    device_name: str | None = None
-    ifconfig: tuple[str, ...] = ()
-    mtu: int | None = None
-    post_up: str | None = None
-    max_datagram: int = 1600
-    control_socket: str | None = None
-    seq_file: str | None = None
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    node: NodeSettings
-    tunneling: bool = True
-    kernel_routes: bool = True
-    open_tunnel: OpenTunnel | None = None
-    aarp: AarpAnswer | None = None
-    connections: tuple[ConnectionSpec, ...] = field(default_factory=tuple)
+class NodeConfigError(ConfigError, ValueError):
+    """A mistake in the node's TOML file, naming the place."""
 
 
 _NODE_KEYS = {"interface", "port", "transports", "ipv4_only", "ipv6_only", "sender_id",
@@ -126,10 +98,12 @@ def _address(where: str, text: str) -> str:
 
 
 def parse_remote(where: str, text: str, transport: str = "udp") -> Remote:
-    host, port = text, 4444
+    host, port = text, DEFAULT_PORT
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest.startswith(":"):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise NodeConfigError(f"{where}: {text!r} is not [address]:port")
+        if rest:
             port = _port(where, rest[1:])
     elif text.count(":") == 1:
         host, p = text.split(":")
@@ -145,11 +119,22 @@ def _port(where: str, text: str) -> int:
 
 def _suite(where: str, d: dict, base: dict) -> Suite:
     merged = {**base, **{k: v for k, v in d.items() if k in _DEFAULT_KEYS}}
+    for key in ("cipher", "auth", "kd"):
+        _get(where, merged, key, str)
     try:
         return Suite.parse(merged.get("cipher", "aes-ctr"), merged.get("auth", "sha1"),
-                           merged.get("kd", "aes-ctr"), merged.get("tag_length"))
+                           merged.get("kd", "aes-ctr"),
+                           _get(where, merged, "tag_length", int))
     except SuiteError as exc:
         raise NodeConfigError(f"{where}: {exc}") from None
+
+
+def _role(where: str, table: dict, default: str) -> Role:
+    text = _get(where, table, "role", str, default)
+    try:
+        return Role.parse(text)
+    except ValueError as exc:
+        raise NodeConfigError(f"{where}.role: {exc}") from None
 
 
 def parse_connection(where: str, c: dict, defaults: dict, transport: str) -> ConnectionSpec:
@@ -158,11 +143,7 @@ def parse_connection(where: str, c: dict, defaults: dict, transport: str) -> Con
     if mux is None:
         raise NodeConfigError(f"{where}: mux is required")
     suite = _suite(where, c, defaults)
-    role_text = _get(where, c, "role", str, defaults.get("role", "left"))
-    try:
-        role = Role.parse(role_text)
-    except ValueError as exc:
-        raise NodeConfigError(f"{where}.role: {exc}") from None
+    role = _role(where, c, defaults.get("role", "left"))
     window = _int(where, c, "window", 0, 1 << 20, defaults.get("window", DEFAULT_WINDOW))
     master = None
     if suite.needs_key:
@@ -170,7 +151,7 @@ def parse_connection(where: str, c: dict, defaults: dict, transport: str) -> Con
             master = satp_keys.resolve(_get(where, c, "passphrase", str),
                                        _get(where, c, "key", str), _get(where, c, "salt", str),
                                        suite.kd_key_len)
-        except KeyError_ as exc:
+        except KeyMaterialError as exc:
             raise NodeConfigError(f"{where}: {exc}") from None
     try:
         routes = tuple(Prefix.parse(r) for r in _strings(where, c, "routes"))
@@ -182,17 +163,19 @@ def parse_connection(where: str, c: dict, defaults: dict, transport: str) -> Con
     return ConnectionSpec(mux, master, role, suite, window or 0, routes, remote, name)
 
 
-def parse(text: str, source: str = "config") -> NodeConfig:
+def parse(text: str, source: str = "config") -> ServerSettings:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise NodeConfigError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise NodeConfigError(f"{source}: values nested too deeply") from None
     _check_keys(source, doc, _TOP_KEYS)
     n = _check_keys("[node]", doc.get("node", {}), _NODE_KEYS)
     w = "[node]"
     transports = _strings(w, n, "transports") or ("udp",)
     for t in transports:
-        if t not in ("udp", "udplite", "tcp"):
+        if t not in TRANSPORTS:
             raise NodeConfigError(f"{w}.transports: unknown transport {t!r}")
     if n.get("ipv4_only") and n.get("ipv6_only"):
         raise NodeConfigError(f"{w}: ipv4_only and ipv6_only exclude each other")
@@ -201,16 +184,25 @@ def parse(text: str, source: str = "config") -> NodeConfig:
     if device not in ("tun", "tap"):
         raise NodeConfigError(f"{w}.device must be tun or tap, not {device!r}")
     iface = _get(w, n, "interface", str)
+    ifconfig = []
+    for text in _strings(w, n, "ifconfig"):
+        try:
+            ifconfig.append(IfConfig.parse(text))
+        except ValueError as exc:
+            raise NodeConfigError(f"{w}.ifconfig: {exc}") from None
     node = NodeSettings(
         interface=_address(f"{w}.interface", iface) if iface else None,
-        port=_int(w, n, "port", 1, 65535, 4444), transports=transports, families=families,
-        sender_id=_int(w, n, "sender_id", 0, 0xFFFF, 0), device=device,
-        device_name=_get(w, n, "device_name", str), ifconfig=_strings(w, n, "ifconfig"),
+        port=_int(w, n, "port", 1, 65535, DEFAULT_PORT), transports=transports,
+        families=families, sender_id=_int(w, n, "sender_id", 0, 0xFFFF, 0), device=device,
+        device_name=_get(w, n, "device_name", str), ifconfig=tuple(ifconfig),
         mtu=_int(w, n, "mtu", 576, 65535, None), post_up=_get(w, n, "post_up", str),
         max_datagram=_int(w, n, "max_datagram", 64, 65535, 1600),
         control_socket=_get(w, n, "control_socket", str), seq_file=_get(w, n, "seq_file", str))
     defaults = _check_keys("[defaults]", doc.get("defaults", {}), _DEFAULT_KEYS)
-    _suite("[defaults]", {}, defaults)  # fail early on bad defaults
+    # fail early on bad defaults, also when no connection uses them yet
+    default_spec = ConnectionSpec(
+        0, None, _role("[defaults]", defaults, "left"), _suite("[defaults]", {}, defaults),
+        _int("[defaults]", defaults, "window", 0, 1 << 20, DEFAULT_WINDOW) or 0)
     open_tunnel = None
     if "open_tunnel" in doc:
         o = _check_keys("[open_tunnel]", doc["open_tunnel"], _OPEN_KEYS)
@@ -248,8 +240,7 @@ def parse(text: str, source: str = "config") -> NodeConfig:
         where = f"[[connection]] #{i + 1}"
         if isinstance(c, dict) and isinstance(c.get("name"), str):
             where += f" ({c['name']})"
-        spec = parse_connection(where, c, defaults, transports[0] if transports[0] != "tcp"
-                                else "udp")
+        spec = parse_connection(where, c, defaults, node.datagram_kind)
         if spec.mux in seen:
             raise NodeConfigError(f"{where}: mux {spec.mux} is also used by {seen[spec.mux]}")
         seen[spec.mux] = where
@@ -258,17 +249,31 @@ def parse(text: str, source: str = "config") -> NodeConfig:
                 raise NodeConfigError(f"{where}: route {p} also belongs to mux {owner[p]}")
             owner[p] = spec.mux
         specs.append(spec)
-    return NodeConfig(node, bool(_get(w, n, "tunneling", bool, True)),
-                      bool(_get(w, n, "kernel_routes", bool, True)), open_tunnel, aarp,
-                      tuple(specs))
+    return ServerSettings(node, tuple(specs), tunneling=bool(_get(w, n, "tunneling", bool, True)),
+                          kernel_routes=bool(_get(w, n, "kernel_routes", bool, True)),
+                          open_tunnel=open_tunnel, aarp=aarp, defaults=default_spec)
 
 
-def load(path: str) -> NodeConfig:
+def read_text(path: str, limit: int = MAX_FILE) -> str:
+    """The file's text, refusing what is not a regular file or larger than `limit` (a FIFO
+    would block, /dev/zero never ends)."""
     try:
-        with open(path, "rb") as f:
-            text = f.read().decode()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise NodeConfigError(f"{path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NodeConfigError(f"{path}: not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise NodeConfigError(f"{path}: larger than {limit >> 20} MiB")
+    try:
+        return data.decode()
     except UnicodeDecodeError:
         raise NodeConfigError(f"{path}: not UTF-8 text") from None
-    return parse(text, path)
+
+
+def load(path: str) -> ServerSettings:
+    """The node's settings from its TOML file (config_file set, for the reload)."""
+    return dataclasses.replace(parse(read_text(path), path), config_file=path)

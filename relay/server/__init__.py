@@ -1,1 +1,0 @@
-"""anytun-relay as an anycast tunnel server: connection table, routes, configuration."""
