@@ -111,7 +111,8 @@ class _BadValue(Exception):
 def parse_prefix(text: str) -> IPNetwork:
     """'fd00:aa::/64', '10.255.0.0/24' or a bare address (/128, /32); host bits are cleared."""
     addr, slash, length = text.partition("/")
-    if "%" in addr or (slash and not _DIGITS.fullmatch(length)):
+    # (libaarp reads a prefix into 128 bytes: a longer one is no prefix for either reader)
+    if len(text.encode()) >= 128 or "%" in addr or (slash and not _DIGITS.fullmatch(length)):
         raise _BadValue(f"'{text}' is not a prefix")
     try:
         ip = ipaddress.ip_address(addr)
