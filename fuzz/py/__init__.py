@@ -30,11 +30,16 @@ def _cap_memory() -> None:
     extra = int(os.environ.get("FUZZ_RSS_MB", "512")) << 20
     with open("/proc/self/status") as f:
         vm = next(int(line.split()[1]) << 10 for line in f if line.startswith("VmSize:"))
-    resource.setrlimit(resource.RLIMIT_AS, (vm + extra, vm + extra))
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]  # (children of -merge set their own)
+    soft = vm + extra if hard == resource.RLIM_INFINITY else min(vm + extra, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def run(target: Callable[[bytes], None]) -> None:
     import atheris
     _cap_memory()
-    atheris.Setup(sys.argv, target)
+    # libFuzzer re-runs argv[0] through the shell for -merge and -fork: make that this module
+    spec = sys.modules["__main__"].__spec__
+    argv = [f"{sys.executable} -m {spec.name}" if spec else sys.argv[0], *sys.argv[1:]]
+    atheris.Setup(argv, target)
     atheris.Fuzz()
