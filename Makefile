@@ -10,11 +10,12 @@ PREFIX ?= /usr/local
 APT_RUNTIME := iproute2 iputils-ping procps util-linux nftables curl gcc libc6-dev libssl-dev \
 	python3-venv
 APT_TEST := $(APT_RUNTIME) wget bind9-dnsutils dnsmasq-base netcat-openbsd tcpdump iperf3 \
-	anytun uanytun kamailio sip-tester redis-server valgrind make psmisc ethtool socat clang \
-	libclang-rt-14-dev openssl
-APT_BENCH := $(APT_TEST) rtpengine-daemon linux-perf
-# The demo's chapters run uanytun (tunnels), Kamailio + SIPp (relay mode), Redis (cluster).
-APT_DEMO := $(APT_RUNTIME) uanytun kamailio sip-tester redis-server
+	anytun uanytun kamailio sip-tester rtpengine-daemon redis-server valgrind make psmisc \
+	ethtool socat clang libclang-rt-14-dev openssl bird2 exabgp golang-go
+APT_BENCH := $(APT_TEST) linux-perf
+# The demo's chapters run uanytun (tunnels), Kamailio + SIPp (relay mode), Redis (cluster),
+# BIRD 2 (the router) and ExaBGP (the nodes announcing the anycast prefixes).
+APT_DEMO := $(APT_RUNTIME) uanytun kamailio sip-tester redis-server bird2 exabgp
 
 .PHONY: help deps-runtime deps-test deps-bench deps-demo venv build install demo test test-unit lint \
 	bench fuzz clean

@@ -35,7 +35,11 @@ def addresses(target: str, version: int | None = None, nameservers: list[str] | 
             raise NameNotFound(f"{target}: not a valid IP address") from None
     resolver = dns.resolver.Resolver(configure=nameservers is None)
     if nameservers is not None:
-        resolver.nameservers = nameservers
+        try:
+            resolver.nameservers = nameservers
+        except ValueError:
+            raise NameLookupFailed(f"{target}: a name server is not an IP address "
+                                   f"({', '.join(nameservers)})") from None
     resolver.lifetime = lifetime
     found: list[IPAddress] = []
     missing = 0

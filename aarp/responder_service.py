@@ -1,9 +1,10 @@
 """The responder's IO: raw ICMP/ICMPv6 and UDP sockets around aarp.responder.Responder.
 
-`ResponderService` is an asyncio service (name, start, stop, status) that aarp-responder runs in
-the foreground and anytun-relay can embed. Answers always leave *from the anycast address*:
-ICMP replies carry it as source through IP(V6)_PKTINFO, UDP sockets are bound to it (with
-IP(V6)_FREEBIND, so the responder may start before the address is configured).
+`ResponderService` is an asyncio service (name, start, stop, status, health) that
+aarp-responder runs in the foreground and anytun-relay can embed. Answers always leave *from
+the anycast address*: ICMP replies carry it as source through IP(V6)_PKTINFO, UDP sockets are
+bound to it (with IP(V6)_FREEBIND, so the responder may start before the address is
+configured).
 """
 
 from __future__ import annotations
@@ -12,15 +13,20 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import json
 import logging
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Iterable
 
 import psutil
 
 from aarp import icmp
+from aarp.config import Config
+from aarp.errors import ResolveError
+from aarp.resolver import probe
 from aarp.responder import IPAddress, Responder, ResponderConfig
 
 log = logging.getLogger("aarp.responder")
@@ -106,6 +112,57 @@ def _open_udp(address: IPAddress, port: int) -> socket.socket:
         raise ResponderError(f"cannot bind UDP [{address}]:{port}: {reason}") from None
     sock.setblocking(False)
     return sock
+
+
+def local_kind(address: IPAddress) -> str | None:
+    """How this host accepts packets for `address`: "address" (of an interface: binding
+    without IP_FREEBIND succeeds only then), "kernel-anycast" (a route of type anycast in the
+    local table, which only `ip` shows), or None (not at all)."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((str(address), 0))
+            return "address"
+        except OSError:
+            pass
+    if address.version != 6:
+        return None
+    try:
+        out = subprocess.run(["ip", "-6", "-j", "route", "show", "table", "local", "type",
+                              "anycast"], capture_output=True, text=True, timeout=5).stdout
+        routes = json.loads(out or "[]")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    found = any(r.get("dst", "").split("/")[0] == str(address) for r in routes
+                if isinstance(r, dict))
+    return "kernel-anycast" if found else None
+
+
+def check_address(config: ResponderConfig, aa: IPAddress, timeout_ms: int = 300) -> str | None:
+    """None when this host carries `aa` and answers it; else the reason. A kernel anycast
+    address is not probed: Linux does not deliver a host's own packets to it (the kernel
+    answers the echoes to it from outside by itself)."""
+    kind = local_kind(aa)
+    if kind is None:
+        return f"{aa} is not an address of this host"
+    return self_probe(config, aa, timeout_ms) if kind == "address" else None
+
+
+def self_probe(config: ResponderConfig, aa: IPAddress, timeout_ms: int = 300) -> str | None:
+    """Probe `aa` from this host as a client would (UDP when served, else ICMP) and check that
+    the answer names this responder's unicast address; None when it does, else the reason."""
+    client = Config(port=config.port, key=config.key, key_id=config.key_id,
+                    policy="key" if config.key else "any", timeout_ms=timeout_ms, retries=1)
+    try:
+        res = probe(aa, client, method="udp" if config.udp else "icmp")
+    except ResolveError as exc:
+        return f"{aa}: our own probe got no answer: {exc.reason}"
+    except OSError as exc:
+        return f"{aa}: our own probe could not be sent: {exc}"
+    want = config.unicast_for(aa.version)
+    if res.unicast != str(want):
+        return f"{aa}: our own probe was answered with {res.unicast}, not {want}"
+    return None
 
 
 class ResponderService:
@@ -198,6 +255,18 @@ class ResponderService:
             "running": bool(self._socks),
             "counters": dict(self.core.counters),
         }
+
+    async def health(self) -> dict:
+        """Should this host carry the anycast addresses? Sockets open, every address
+        configured here, and each one answering our own probe with our unicast address."""
+        if not self._socks:
+            return {"healthy": False, "reasons": ["not serving: no sockets open"]}
+        reasons = []
+        for aa in self.config.anycast:
+            why = await asyncio.to_thread(check_address, self.config, aa)
+            if why:
+                reasons.append(why)
+        return {"healthy": not reasons, "reasons": reasons}
 
     # -- packets ----------------------------------------------------------------------------------
     def _reply(self, payload: bytes, source: IPAddress, dest: IPAddress) -> bytes | None:

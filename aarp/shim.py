@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 HEADER = Path(__file__).resolve().parent / "aarp.h"
 
 
+ERR_LEN = 8192  # room for the longest one-line configuration error
 STATUS = {0: "pass", 1: "pinned", 2: "negative", 3: "failed", 4: "disabled", -1: "bad-address"}
 HOW = {0: None, 1: "icmp-source", 2: "icmp-answer", 3: "udp-answer"}
 VERIFIED = {0: "none", 1: "prefix", 2: "tag"}
@@ -146,8 +147,8 @@ def cache_flush() -> None:
 def reload_config(path: str | os.PathLike[str] | None = None) -> None:
     """Re-read the configuration now; ShimConfigError if broken (the library is then off)."""
     ffi, lib = _loaded()
-    err = ffi.new("char[]", 1024)
-    rc = lib.aarp_config_reload(os.fsencode(path) if path is not None else ffi.NULL, err, 1024)
+    err = ffi.new("char[]", ERR_LEN)
+    rc = lib.aarp_config_reload(os.fsencode(path) if path is not None else ffi.NULL, err, ERR_LEN)
     if rc != 0:
         raise ShimConfigError(ffi.string(err).decode(errors="replace"))
 
@@ -156,8 +157,8 @@ def use_config_text(text: str, name: str = "aarp.conf") -> None:
     """Run the library with this configuration text (no environment overrides)."""
     ffi, lib = _loaded()
     data = text.encode()
-    err = ffi.new("char[]", 1024)
-    if lib.aarp_config_use(data, len(data), name.encode(), err, 1024) != 0:
+    err = ffi.new("char[]", ERR_LEN)
+    if lib.aarp_config_use(data, len(data), name.encode(), err, ERR_LEN) != 0:
         raise ShimConfigError(ffi.string(err).decode(errors="replace"))
 
 
@@ -167,7 +168,8 @@ def config_text(cfg: Config) -> str:
     lines += [f"allow = {a} {', '.join(str(u) for u in us)}" for a, us in cfg.allow]
     lines += [f"{k} = {getattr(cfg, k)}" for k in (
         "policy", "method", "port", "timeout_ms", "retries", "grace_ms", "ttl_min", "ttl_max",
-        "negative_ttl", "failure_ttl", "key_id")]
+        "negative_ttl", "failure_ttl", "key_id", "nonblock_wait_ms")]
+    lines.append(f"host_cache = {cfg.host_cache or 'off'}")
     if cfg.key is not None:
         lines.append(f"key = {cfg.key.hex()}")
     if cfg.log is not None:
@@ -233,10 +235,28 @@ def check_config(text: str | bytes, name: str = "aarp.conf",
     """Parse a configuration with the C reader (nothing global changes); ShimConfigError."""
     ffi, lib = _loaded()
     data = text.encode() if isinstance(text, str) else text
-    keep = [ffi.new("char[]", f"{k}={v}".encode()) for k, v in (environ or {}).items()]
+    keep = [ffi.new("char[]", os.fsencode(k) + b"=" + os.fsencode(v))
+            for k, v in (environ or {}).items()]
     env = ffi.new("char *[]", [*keep, ffi.NULL])
     out = ffi.new("char[]", 65536)
     rc = lib.aarp_config_check(data, len(data), name.encode(), env, out, 65536)
+    text_out = ffi.string(out).decode(errors="replace")
+    if rc != 0:
+        raise ShimConfigError(text_out)
+    return json.loads(text_out)
+
+
+def check_load(path: str | os.PathLike[str] | None = None,
+               environ: Mapping[str, str] | None = None) -> dict:
+    """Read a configuration the way the library does at start-up: `path` (None: AARP_CONF of
+    `environ`, else /etc/aarp.conf) and then `environ`; ShimConfigError if it is broken."""
+    ffi, lib = _loaded()
+    keep = [ffi.new("char[]", os.fsencode(k) + b"=" + os.fsencode(v))
+            for k, v in (environ or {}).items()]
+    env = ffi.new("char *[]", [*keep, ffi.NULL])
+    out = ffi.new("char[]", 65536)
+    rc = lib.aarp_config_check_load(os.fsencode(path) if path is not None else ffi.NULL, env,
+                                    out, 65536)
     text_out = ffi.string(out).decode(errors="replace")
     if rc != 0:
         raise ShimConfigError(text_out)

@@ -150,7 +150,7 @@ def _blast(net: NsPair, spec: Path, secs: float, pps: int) -> dict:
 
 
 def measure(net: NsPair, relay: Relay | None, tmp: Path, calls: int, pps: int,
-            secs: float, base: int) -> dict:
+            secs: float, base: int, sessions=None) -> dict:
     """One run: start the relay (None = direct path), set up calls, play the streams."""
     spec = tmp / "spec.txt"
     proc = None
@@ -161,7 +161,7 @@ def measure(net: NsPair, relay: Relay | None, tmp: Path, calls: int, pps: int,
             with log.open("wb") as f:  # a file, not a pipe: a full pipe would stall the relay
                 proc = net.b.popen(relay.argv, stdout=f, stderr=subprocess.STDOUT)
             _wait_control(net, proc, log)
-            ports = _sessions(net, calls, PARTY_A + base, PARTY_B + base)
+            ports = (sessions or _sessions)(net, calls, PARTY_A + base, PARTY_B + base)
         _spec(spec, calls, PARTY_A + base, PARTY_B + base, ports)
         _blast(net, spec, WARMUP, pps)  # latching and first-packet work: not measured
         win = CpuWindow([proc.pid] if proc else [])
@@ -182,7 +182,12 @@ def measure(net: NsPair, relay: Relay | None, tmp: Path, calls: int, pps: int,
 
 
 def run() -> list[dict]:
-    avail = relays()
+    return rows_from(*measure_all(relays(), _sessions))
+
+
+def measure_all(avail: dict[str, Relay | str], sessions) -> tuple[dict, dict[str, str]]:
+    """Every relay of `avail` (and the direct path) at load and in overload, rounds() times
+    in rotating order; calls are set up by `sessions(net, calls, base_a, base_b)`."""
     names = [n for n, r in avail.items() if isinstance(r, Relay)]
     secs = seconds()
     results: dict[tuple[str, str], list[dict]] = {}
@@ -201,18 +206,20 @@ def run() -> list[dict]:
                         # fresh local ports each run: no stale socket state between runs
                         base = 2 * calls * (len(results.get((name, test), [])) % 4)
                         res = measure(net, avail[name] if name != "direct" else None,  # type: ignore[arg-type]
-                                      tmp, calls, pps, secs, base)
+                                      tmp, calls, pps, secs, base, sessions)
                         results.setdefault((name, test), []).append(res)
                     except Exception as exc:
                         errors[name] = str(exc).splitlines()[0][:200]
-    return rows_from(results, errors)
+    return results, errors
 
 
 def _med(results: dict, name: str, test: str, key: str) -> float | None:
     return median(r.get(key) for r in results.get((name, test), []))
 
 
-def rows_from(results: dict, errors: dict[str, str]) -> list[dict]:
+def rows_from(results: dict, errors: dict[str, str],
+              ours_list: tuple[tuple[str, str], ...] = ((C_MEDIA, "C"), (PY_MEDIA, "Python")),
+              reference: str = REFERENCE, prefix: str = "relay") -> list[dict]:
     base50 = _med(results, "direct", "load", "p50_us")
     base99 = _med(results, "direct", "load", "p99_us")
 
@@ -223,36 +230,35 @@ def rows_from(results: dict, errors: dict[str, str]) -> list[dict]:
     load = f"{LOAD_CALLS} calls x 2 x {LOAD_PPS} pps"
     flood = f"{FLOOD_CALLS} calls x 2 x {FLOOD_PPS} pps offered"
     out = []
-    for ours in (C_MEDIA, PY_MEDIA):
-        tag = "C" if ours == C_MEDIA else "Python"
-        err = "; ".join(f"{n}: {e}" for n, e in errors.items() if n in (ours, REFERENCE))
+    for ours, tag in ours_list:
+        err = "; ".join(f"{n}: {e}" for n, e in errors.items() if n in (ours, reference))
         if not results.get((ours, "load")) and not results.get((ours, "flood")):
-            out.append(row(f"relay ({tag} media path)", None, None, "", err or "not run"))
+            out.append(row(f"{prefix} ({tag} media path)", None, None, "", err or "not run"))
             continue
         out += [
-            row(f"relay {tag}: forwarded rate, overload", _med(results, ours, "flood", "kpps"),
-                _med(results, REFERENCE, "flood", "kpps"), "kpps",
+            row(f"{prefix} {tag}: forwarded rate, overload", _med(results, ours, "flood", "kpps"),
+                _med(results, reference, "flood", "kpps"), "kpps",
                 "; ".join(x for x in (flood, err) if x)),
-            row(f"relay {tag}: delivered share at load",
+            row(f"{prefix} {tag}: delivered share at load",
                 _med(results, ours, "load", "delivered"),
-                _med(results, REFERENCE, "load", "delivered"), "share", load),
-            row(f"relay {tag}: added delay p50 at load", added(ours, "p50_us", base50),
-                added(REFERENCE, "p50_us", base50), "us",
+                _med(results, reference, "load", "delivered"), "share", load),
+            row(f"{prefix} {tag}: added delay p50 at load", added(ours, "p50_us", base50),
+                added(reference, "p50_us", base50), "us",
                 f"lower is better; direct path p50 {base50:.0f} us" if base50 is not None
                 else "lower is better"),
-            row(f"relay {tag}: added delay p99 at load", added(ours, "p99_us", base99),
-                added(REFERENCE, "p99_us", base99), "us",
+            row(f"{prefix} {tag}: added delay p99 at load", added(ours, "p99_us", base99),
+                added(reference, "p99_us", base99), "us",
                 f"lower is better; direct path p99 {base99:.0f} us" if base99 is not None
                 else "lower is better"),
-            row(f"relay {tag}: cpu per packet at load",
+            row(f"{prefix} {tag}: cpu per packet at load",
                 _med(results, ours, "load", "cpu_us_per_pkt"),
-                _med(results, REFERENCE, "load", "cpu_us_per_pkt"), "us/pkt",
+                _med(results, reference, "load", "cpu_us_per_pkt"), "us/pkt",
                 "lower is better"),
-            row(f"relay {tag}: cpu per packet, overload",
+            row(f"{prefix} {tag}: cpu per packet, overload",
                 _med(results, ours, "flood", "cpu_us_per_pkt"),
-                _med(results, REFERENCE, "flood", "cpu_us_per_pkt"), "us/pkt",
+                _med(results, reference, "flood", "cpu_us_per_pkt"), "us/pkt",
                 "lower is better"),
-            row(f"relay {tag}: rss at load", _med(results, ours, "load", "rss_mb"),
-                _med(results, REFERENCE, "load", "rss_mb"), "MiB", "lower is better"),
+            row(f"{prefix} {tag}: rss at load", _med(results, ours, "load", "rss_mb"),
+                _med(results, reference, "load", "rss_mb"), "MiB", "lower is better"),
         ]
     return out

@@ -39,3 +39,9 @@ def satp_index(cipher: int, kd: int, auth: bool, tag: int, key: bytes, receiver:
 
 # The replay harnesses: window sizes the first byte picks from.
 REPLAY_SIZES = (0, 1, 2, 63, 64, 65, 1000, 1024, 4096, 1 << 20)
+
+
+# The aarp config harnesses (fuzz/c/shim_env.c NAMES): a variable's first byte picks its name.
+AARP_ENV_NAMES = ("AARP_ANYCAST", "AARP_TIMEOUT_MS", "AARP_METHOD", "AARP_PORT", "AARP_LOG",
+                  "AARP_DISABLE", "AARP_CONF", "AARP_NONBLOCK_WAIT_MS", "AARP_HOST_CACHE",
+                  "AARP_OTHER")

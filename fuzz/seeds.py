@@ -91,8 +91,7 @@ def _config_texts() -> Iterator[tuple[str, dict]]:
         yield c["text"], c["env"]
 
 
-_ENV_NAMES = ("AARP_ANYCAST", "AARP_TIMEOUT_MS", "AARP_METHOD", "AARP_PORT", "AARP_LOG",
-              "AARP_DISABLE", "AARP_CONF", "AARP_OTHER")
+_ENV_NAMES = cases.AARP_ENV_NAMES
 
 
 def _with_env(text: str, env: dict) -> bytes:

@@ -2,9 +2,10 @@
 client, and the relay log reader. Used by the relay-mode tests and the demo chapter.
 
 Kamailio here is a plain proxy: every request goes to a SIPp UAS chosen by the Request-URI
-user (`SipRoute`), with `rtpproxy_manage()` on INVITE/ACK/BYE/CANCEL and on replies with SDP.
-The route's flags (e.g. "r": trust the SDP address, so 0.0.0.0 hold reaches the relay; "x":
-bridge IPv4 and IPv6) travel to the reply route as a transaction flag.
+user (`SipRoute`), with `rtpproxy_manage()` (or, with `module="rtpengine"`,
+`rtpengine_manage()`) on INVITE/ACK/BYE/CANCEL and on replies with SDP. The route's flags (e.g.
+rtpproxy's "r": trust the SDP address, so 0.0.0.0 hold reaches the relay; "x": bridge IPv4 and
+IPv6; rtpengine's "address-family=IP6") travel to the reply route as a transaction flag.
 
 `python lab/sip.py send SPEC` sends commands to a control socket from inside a
 namespace: a JSON list of strings on stdin (each one command, latin-1 so any byte can be
@@ -33,12 +34,15 @@ KAMAILIO_MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 class SipRoute:
     user: str | None     # Request-URI user; None: every other request
     dest: str            # where to relay, e.g. "sip:10.3.1.2:5060" or "sip:[fd00:3:1::2]:5060"
-    flags: str = ""      # rtpproxy_manage() flags for this route
+    flags: str = ""      # rtpproxy_manage() / rtpengine_manage() flags for this route
 
 
 def kamailio_cfg(listen: list[str], rtpproxy_sock: str, routes: list[SipRoute],
-                 modules: Path = KAMAILIO_MODULES) -> str:
-    """A minimal stateful proxy that hands media to the relay with rtpproxy_manage()."""
+                 modules: Path = KAMAILIO_MODULES, module: str = "rtpproxy") -> str:
+    """A minimal stateful proxy that hands media to the relay with rtpproxy_manage() (module
+    "rtpproxy") or rtpengine_manage() (module "rtpengine", the ng protocol)."""
+    if module not in ("rtpproxy", "rtpengine"):
+        raise ValueError(f"unknown media relay module {module!r}")
     flagged = [r for r in routes if r.flags]
     flag_of = {r: 10 + i for i, r in enumerate(flagged)}
     dest = []
@@ -49,8 +53,8 @@ def kamailio_cfg(listen: list[str], rtpproxy_sock: str, routes: list[SipRoute],
                     else f'    if ($rU == "{r.user}") {{ {action} }}')
     if not any(r.user is None for r in routes):
         dest.append('    sl_send_reply("404", "No route"); exit;')
-    manage = [f'    if (isflagset({flag_of[r]})) {{ rtpproxy_manage("{r.flags}"); return; }}'
-              for r in flagged] + ["    rtpproxy_manage();"]
+    manage = [f'    if (isflagset({flag_of[r]})) {{ {module}_manage("{r.flags}"); return; }}'
+              for r in flagged] + [f"    {module}_manage();"]
     lines = [
         "#!KAMAILIO",
         "debug=2",
@@ -60,8 +64,8 @@ def kamailio_cfg(listen: list[str], rtpproxy_sock: str, routes: list[SipRoute],
         *[f"listen={addr}" for addr in listen],
         f'mpath="{modules}/"',
         *[f'loadmodule "{m}.so"' for m in
-          ("tm", "sl", "pv", "maxfwd", "textops", "siputils", "rtpproxy")],
-        f'modparam("rtpproxy", "rtpproxy_sock", "{rtpproxy_sock}")',
+          ("tm", "sl", "pv", "maxfwd", "textops", "siputils", module)],
+        f'modparam("{module}", "{module}_sock", "{rtpproxy_sock}")',
         "",
         "request_route {",
         "    force_rport();",

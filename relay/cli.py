@@ -13,7 +13,9 @@ import asyncio
 import logging
 import sys
 
+from aarp.ops_http import ListenError, parse_listen
 from relay import __version__, node, status
+from relay.announce import cli as announce_cli
 from relay.cluster import cli as cluster_cli
 from relay.rtpproxy import cli as rtpproxy_cli
 from relay.runtime import process
@@ -45,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. stdout:5); default syslog:3,anytun-relay,daemon")
     p.add_argument("-U", "--debug", action="store_true",
                    help="don't daemonize and log to stdout with maximum log level")
+    h = parser.add_argument_group("health (for announcers and routers)")
+    h.add_argument("--http-listen", metavar="HOST:PORT",
+                   help="serve GET /health here: 200 when this node should carry the "
+                   "anycast address, 503 when not or while draining, with a JSON body "
+                   "(e.g. 127.0.0.1:9180)")
     tunnel_cli.add_arguments(parser)
     rtpproxy_cli.add_arguments(parser)
     cluster_cli.add_arguments(parser)
@@ -56,9 +63,15 @@ def settings_from_args(args: argparse.Namespace) -> node.Settings:
         foreground=args.nodaemonize, debug=args.debug, user=args.username,
         group=args.groupname, chroot=args.chroot, pidfile=args.write_pid,
         log=tuple(LogTarget.parse(x) for x in args.log))
+    http = None
+    if args.http_listen:
+        try:
+            http = parse_listen(args.http_listen)
+        except ListenError as exc:
+            raise ConfigError(f"--http-listen {exc}") from None
     return node.Settings(proc, tunnel_cli.settings_from_args(args),
                          rtpproxy_cli.settings_from_args(args),
-                         cluster_cli.settings_from_args(args), args.control_socket)
+                         cluster_cli.settings_from_args(args), args.control_socket, http)
 
 
 def services_from_args(args: argparse.Namespace) -> list[Service]:
@@ -69,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["status"]:  # anytun-relay status: ask running nodes
         return status.main(argv[1:])
+    if argv[:1] == ["health"]:  # anytun-relay health: exit 0 healthy, 1 not
+        return status.health_main(argv[1:])
+    if argv[:1] == ["drain"]:  # anytun-relay drain: withdraw, wait for the traffic, stop
+        return status.drain_main(argv[1:])
+    if argv[:1] == ["exabgp"]:  # anytun-relay exabgp: the announcer ExaBGP runs
+        return announce_cli.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)

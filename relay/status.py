@@ -1,12 +1,13 @@
-"""`anytun-relay status [--json] [SOCKET|DEVICE ...]`: ask the running nodes of this network
-namespace (their control sockets, relay.runtime.control) and print what they say."""
+"""The control socket's clients (relay.runtime.control) on the command line: `anytun-relay
+status [--json]`, `anytun-relay health [--json]` (exit 0 when healthy) and `anytun-relay drain
+[--timeout S]`, for the running nodes of this network namespace or the ones named."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from relay.runtime.control import abstract_name, discover, display, request
+from relay.runtime.control import DRAIN_TIMEOUT, abstract_name, discover, display, request
 
 
 def format_status(name: str, st: dict) -> str:
@@ -39,7 +40,7 @@ def main(argv: list[str]) -> int:
     if any(a.startswith("-") for a in names):
         print("usage: anytun-relay status [--json] [SOCKET-PATH|DEVICE ...]", file=sys.stderr)
         return 2
-    targets = [n if "/" in n else abstract_name(n) for n in names] or discover()
+    targets = _targets(names)
     if not targets:
         print("anytun-relay: no running node found in this network namespace",
               file=sys.stderr)
@@ -59,3 +60,83 @@ def main(argv: list[str]) -> int:
             continue
         print(json.dumps(st, indent=1) if as_json else format_status(label, st))
     return rc
+
+
+def _targets(names: list[str]) -> list[str]:
+    return [n if "/" in n else abstract_name(n) for n in names] or discover()
+
+
+def health_main(argv: list[str]) -> int:
+    """anytun-relay health [--json] [SOCKET|DEVICE ...]: exit 0 when every node is healthy."""
+    as_json = "--json" in argv
+    names = [a for a in argv if a != "--json"]
+    if any(a.startswith("-") for a in names):
+        print("usage: anytun-relay health [--json] [SOCKET-PATH|DEVICE ...]", file=sys.stderr)
+        return 2
+    targets = _targets(names)
+    if not targets:
+        print("anytun-relay: no running node found in this network namespace", file=sys.stderr)
+        return 1
+    rc = 0
+    for t in targets:
+        label = display(t)
+        try:
+            doc = request(t, "health")
+        except (OSError, ValueError) as exc:
+            print(f"anytun-relay: {label}: {exc}", file=sys.stderr)
+            rc = 1
+            continue
+        if "healthy" not in doc:
+            print(f"anytun-relay: {label}: {doc.get('error', 'no health report')}",
+                  file=sys.stderr)
+            rc = 1
+            continue
+        if as_json:
+            print(json.dumps(doc, indent=1))
+        else:
+            state = "draining" if doc["draining"] else "healthy" if doc["healthy"] else "unhealthy"
+            print(f"{label}: {state}" + "".join(f"\n  {r}" for r in doc["reasons"]))
+        rc = rc or (0 if doc["healthy"] else 1)
+    return rc
+
+
+def drain_main(argv: list[str]) -> int:
+    """anytun-relay drain [--timeout S] [SOCKET|DEVICE]: report draining (announcers
+    withdraw), wait until the traffic has left this node or the timeout, then stop it."""
+    timeout = DRAIN_TIMEOUT
+    names = []
+    it = iter(argv)
+    for a in it:
+        if a == "--timeout":
+            try:
+                timeout = float(next(it, ""))
+            except ValueError:
+                timeout = -1.0
+        elif a.startswith("-"):
+            timeout = -1.0
+        else:
+            names.append(a)
+    if not 0 < timeout <= 3600 or len(names) > 1:
+        print("usage: anytun-relay drain [--timeout SECONDS (default 30, at most 3600)] "
+              "[SOCKET-PATH|DEVICE]", file=sys.stderr)
+        return 2
+    targets = _targets(names)
+    if len(targets) != 1:
+        print("anytun-relay: " + ("no running node found in this network namespace"
+                                  if not targets else "several nodes run here; name one"),
+              file=sys.stderr)
+        return 1
+    label = display(targets[0])
+    try:
+        doc = request(targets[0], f"drain {timeout:g}", timeout=timeout + 10)
+    except (OSError, ValueError) as exc:
+        print(f"anytun-relay: {label}: {exc}", file=sys.stderr)
+        return 1
+    if "error" in doc:
+        print(f"anytun-relay: {label}: {doc['error']}", file=sys.stderr)
+        return 1
+    how = ("traffic gone" if doc.get("drained") else
+           "timed out: no announcer asked for health since" if doc.get("announcer_saw_it")
+           is False else "timed out, traffic still arriving")
+    print(f"{label}: drained in {doc.get('seconds')}s ({how}); the node stops now")
+    return 0 if doc.get("drained") else 1

@@ -70,6 +70,57 @@ AARP_API const char *aarp_config_error(void);
  * 0 with JSON in out, or -1 with the error line in out. Touches nothing global. */
 AARP_API int aarp_config_check(const char *text, size_t len, const char *name,
                                const char *const *env, char *out, size_t outlen);
+/* The same for a file read as the library reads it: `path` (NULL: AARP_CONF of `env`, else
+ * /etc/aarp.conf), then `env`. */
+AARP_API int aarp_config_check_load(const char *path, const char *const *env, char *out,
+                                    size_t outlen);
+
+/* The host cache (docs/shim.md): one daemon per host probes for every process; the processes
+ * read its file lock-free. The daemon's side opens it (creating DIR/cache), probes with this
+ * process's configuration and stores; aarp_hostcache_read shows a cache whole. */
+struct aarp_host_entry {
+    char anycast[64];
+    char unicast[64];  /* "" unless pinned */
+    int status;        /* AARP_PINNED, AARP_NEGATIVE or AARP_FAILED */
+    int how;
+    int verified;
+    unsigned ttl;      /* seconds it was stored for */
+    unsigned probes;   /* times the daemon probed this address */
+    long long expires_in_ms;
+};
+
+struct aarp_host_info {
+    unsigned owner;    /* uid owning the file, and its mode */
+    unsigned mode;
+    int pid;           /* the daemon that last opened it */
+    int port;
+    int policy;
+    int same_netns;    /* 1 if it serves this process's network namespace */
+    int slots;
+    unsigned long long requests, probes, refreshes, refused;
+    long long uptime_ms;
+};
+
+AARP_API void *aarp_hostcache_open(const char *dir, char *err, size_t errlen);
+/* Probe `address` now and store the answer: its status (AARP_PASS: outside the prefixes or
+ * disabled, not probed), or AARP_BAD_ADDRESS, or -2 when interrupted. */
+AARP_API int aarp_hostcache_probe(void *cache, const char *address, struct aarp_host_entry *out);
+/* 1 and `out` filled if the cache holds a live entry for `address`. */
+AARP_API int aarp_hostcache_lookup(void *cache, const char *address,
+                                   struct aarp_host_entry *out);
+AARP_API void aarp_hostcache_count(void *cache, int counter); /* 0 requests 1 refreshes 2 refused */
+AARP_API void aarp_hostcache_close(void *cache);
+/* Up to `max` live entries of DIR/cache and its header; -1 with the reason in err. */
+AARP_API int aarp_hostcache_read(const char *dir, struct aarp_host_info *info,
+                                 struct aarp_host_entry *out, int max, char *err, size_t errlen);
+
+/* Run argv[0] (searched in PATH) under seccomp supervision (docs/shim.md): its connect,
+ * sendto, sendmsg and getpeername calls to anycast addresses are rewritten from outside.
+ * Returns the program's exit status (128 + signal when killed), or -1 with the reason in err
+ * when it could not be started that way (nothing was run). */
+AARP_API int aarp_supervise(const char *const *argv, char *err, size_t errlen);
+/* 1 if this kernel can do it, else 0 with the reason in err. */
+AARP_API int aarp_supervise_available(char *err, size_t errlen);
 
 /* The message codec (spec/aarp.md), shared vectors: tests/vectors/aarp/messages.json. */
 struct aarp_message {

@@ -55,7 +55,7 @@ int aarp_resolve(const char *address, struct aarp_result *out)
         struct resolution r;
         int cached = 0;
         aarp_busy = 1;
-        int ok = resolve_address(c, &v.ip, &r, &cached);
+        int ok = resolve_address(c, &v.ip, &r, &cached, -1, 0);
         aarp_busy = 0;
         out->status = status_of(r.state);
         out->cached = cached;
@@ -74,6 +74,103 @@ int aarp_resolve(const char *address, struct aarp_result *out)
     }
     errno = saved;
     return out->status;
+}
+
+static void host_entry(const struct ipaddr *aa, const struct resolution *r, uint32_t probes,
+                       struct aarp_host_entry *out)
+{
+    memset(out, 0, sizeof *out);
+    ip_format(aa, out->anycast, sizeof out->anycast);
+    if (r->state == RES_POSITIVE)
+        ip_format(&r->ua, out->unicast, sizeof out->unicast);
+    out->status = status_of(r->state);
+    out->how = r->how;
+    out->verified = r->verified;
+    out->ttl = r->ttl;
+    out->probes = probes;
+    out->expires_in_ms = r->expires - now_ms();
+}
+
+void *aarp_hostcache_open(const char *dir, char *err, size_t errlen)
+{
+    return hostcache_open_writer(dir, err, errlen);
+}
+
+int aarp_hostcache_probe(void *cache, const char *address, struct aarp_host_entry *out)
+{
+    struct ipaddr aa;
+    memset(out, 0, sizeof *out);
+    if (!address || ip_parse(address, &aa) != 0)
+        return AARP_BAD_ADDRESS;
+    const struct aarp_config *c = config_get();
+    if (c->disabled || !config_is_anycast(c, &aa))
+        return AARP_PASS;
+    struct resolution r;
+    aarp_busy = 1;
+    int rc = hostcache_probe_store(cache, &aa, &r);
+    aarp_busy = 0;
+    if (rc != 0)
+        return -2;
+    host_entry(&aa, &r, 0, out);
+    return out->status;
+}
+
+int aarp_hostcache_lookup(void *cache, const char *address, struct aarp_host_entry *out)
+{
+    struct ipaddr aa;
+    struct resolution r;
+    memset(out, 0, sizeof *out);
+    if (!address || ip_parse(address, &aa) != 0 || !hostcache_writer_lookup(cache, &aa, &r))
+        return 0;
+    host_entry(&aa, &r, 0, out);
+    return 1;
+}
+
+void aarp_hostcache_count(void *cache, int counter)
+{
+    hostcache_count(cache, counter);
+}
+
+void aarp_hostcache_close(void *cache)
+{
+    hostcache_close_writer(cache);
+}
+
+int aarp_hostcache_read(const char *dir, struct aarp_host_info *info,
+                        struct aarp_host_entry *out, int max, char *err, size_t errlen)
+{
+    if (max < 0)
+        max = 0;
+    struct ipaddr *aa = malloc(sizeof *aa * (size_t)(max + 1));
+    struct resolution *r = malloc(sizeof *r * (size_t)(max + 1));
+    uint32_t *probes = malloc(sizeof *probes * (size_t)(max + 1));
+    struct hostcache_info hi;
+    int n = -1;
+    if (aa && r && probes) {
+        n = hostcache_snapshot(dir, &hi, aa, r, probes, max, err, errlen);
+        for (int i = 0; i < n; i++)
+            host_entry(&aa[i], &r[i], probes[i], &out[i]);
+        if (n >= 0) {
+            info->owner = hi.owner;
+            info->mode = hi.mode;
+            info->pid = hi.pid;
+            info->port = hi.port;
+            info->policy = hi.policy;
+            info->same_netns = hi.same_netns;
+            info->slots = hi.slots;
+            info->requests = hi.requests;
+            info->probes = hi.probes;
+            info->refreshes = hi.refreshes;
+            info->refused = hi.refused;
+            info->uptime_ms = hi.uptime_ms;
+        }
+    } else {
+        snprintf(err, errlen, "out of memory");
+    }
+    free(aa);
+    free(r);
+    free(probes);
+    return n;
 }
 
 int aarp_cache_entries(struct aarp_cache_entry *out, int max)
@@ -126,12 +223,25 @@ const char *aarp_config_error(void)
     return config_get()->error;
 }
 
+static int check_result(struct aarp_config *c, const char *err, char *out, size_t outlen);
+
 int aarp_config_check(const char *text, size_t len, const char *name, const char *const *env,
                       char *out, size_t outlen)
 {
-    char err[700];
+    char err[sizeof ((struct aarp_config *)0)->error];
     struct aarp_config *c = config_parse_text(text ? text : "", text ? len : 0,
                                               name ? name : "aarp.conf", env, err, sizeof err);
+    return check_result(c, err, out, outlen);
+}
+
+int aarp_config_check_load(const char *path, const char *const *env, char *out, size_t outlen)
+{
+    char err[sizeof ((struct aarp_config *)0)->error];
+    return check_result(config_load_env(path, env, err, sizeof err), err, out, outlen);
+}
+
+static int check_result(struct aarp_config *c, const char *err, char *out, size_t outlen)
+{
     if (!c) {
         snprintf(out, outlen, "out of memory");
         return -1;

@@ -9,34 +9,47 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "internal.h"
 
 #define DEFAULT_PATH "/etc/aarp.conf"
+#define DEFAULT_HOST_CACHE "/run/aarp"
+/* The limits of docs/config.md; aarp/config.py has the same numbers and messages. */
 #define MAX_LINE 1023
-#define MAX_FILE (4 << 20)
+#define MAX_FILE (1 << 20)       /* bytes of a configuration file */
+#define MAX_VALUE 65536          /* bytes of one environment value */
+#define MAX_PATH 4095            /* bytes of AARP_CONF */
+#define MAX_PREFIXES 4096        /* anycast prefixes, and allow lines */
+#define MAX_SHOWN 64             /* bytes of a value quoted in a message */
+#define MAX_PROBE_MS 10000       /* timeout_ms x (1 + retries) */
+#define MAX_HOST_CACHE 100       /* bytes of the host cache directory */
+#define LOC_LEN (MAX_PATH + 32)
 
 enum key {
     K_ANYCAST, K_ALLOW, K_POLICY, K_METHOD, K_PORT, K_TIMEOUT_MS, K_RETRIES, K_GRACE_MS,
     K_TTL_MIN, K_TTL_MAX, K_NEGATIVE_TTL, K_FAILURE_TTL, K_KEY, K_KEY_ID, K_LOG, K_DISABLE,
-    K_COUNT
+    K_NONBLOCK_WAIT_MS, K_HOST_CACHE, K_COUNT
 };
 
 static const char *const KEY_NAMES[K_COUNT] = {
     "anycast", "allow", "policy", "method", "port", "timeout_ms", "retries", "grace_ms",
     "ttl_min", "ttl_max", "negative_ttl", "failure_ttl", "key", "key_id", "log", "disable",
+    "nonblock_wait_ms", "host_cache",
 };
 
 static const struct { int key; long lo, hi; } INT_RANGES[] = {
-    {K_PORT, 1, 65535}, {K_TIMEOUT_MS, 1, 60000}, {K_RETRIES, 0, 10}, {K_GRACE_MS, 0, 60000},
-    {K_TTL_MIN, 0, 86400}, {K_TTL_MAX, 0, 86400}, {K_NEGATIVE_TTL, 0, 86400},
-    {K_FAILURE_TTL, 0, 86400}, {K_KEY_ID, 0, 255},
+    {K_PORT, 1, 65535}, {K_TIMEOUT_MS, 1, MAX_PROBE_MS}, {K_RETRIES, 0, 10},
+    {K_GRACE_MS, 0, MAX_PROBE_MS}, {K_TTL_MIN, 0, 86400}, {K_TTL_MAX, 0, 86400},
+    {K_NEGATIVE_TTL, 0, 86400}, {K_FAILURE_TTL, 0, 86400}, {K_KEY_ID, 0, 255},
+    {K_NONBLOCK_WAIT_MS, 0, 1000},
 };
 
 static const struct { const char *var; int key; } ENV_KEYS[] = {
     {"AARP_ANYCAST", K_ANYCAST}, {"AARP_TIMEOUT_MS", K_TIMEOUT_MS}, {"AARP_METHOD", K_METHOD},
     {"AARP_PORT", K_PORT}, {"AARP_LOG", K_LOG}, {"AARP_DISABLE", K_DISABLE},
+    {"AARP_NONBLOCK_WAIT_MS", K_NONBLOCK_WAIT_MS}, {"AARP_HOST_CACHE", K_HOST_CACHE},
 };
 
 static const char *const POLICIES[] = {"any", "prefix", "key", NULL};
@@ -47,8 +60,8 @@ static const char *const LOGS[] = {"off", "error", "info", "debug", NULL};
 struct parse {
     struct aarp_config *c;
     int set[K_COUNT];
-    char where[K_COUNT][300];
-    int log_set; /* log seen (for reporting a later error when logging is on) */
+    char where[K_COUNT][LOC_LEN];
+    int log_bad; /* a log level was given but is not one: report the error anyway */
     char *err;
     size_t errlen;
 };
@@ -58,7 +71,7 @@ static int fail(struct parse *p, const char *loc, const char *fmt, ...)
 
 static int fail(struct parse *p, const char *loc, const char *fmt, ...)
 {
-    char msg[600];
+    char msg[700];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
@@ -83,10 +96,14 @@ static char *strip(char *s)
     return s;
 }
 
-/* Split a list value at commas and whitespace; empty items are skipped. Returns item count;
- * items point into `value`, which is modified. */
-static int split_items(char *value, char **items, int max)
+/* Split a list value at commas and whitespace; empty items are skipped. Returns the item
+ * count and a malloc'd array in *items (pointing into `value`, which is modified), or -1. */
+static int split_items(char *value, char ***items)
 {
+    size_t cap = strlen(value) / 2 + 1;
+    char **out = malloc(sizeof *out * cap);
+    if (!out)
+        return -1;
     int n = 0;
     char *s = value;
     while (*s) {
@@ -94,20 +111,43 @@ static int split_items(char *value, char **items, int max)
             *s++ = '\0';
         if (!*s)
             break;
-        if (n < max)
-            items[n] = s;
-        n++;
+        out[n++] = s;
         while (*s && *s != ',' && !is_space((unsigned char)*s))
             s++;
     }
+    *items = out;
     return n;
+}
+
+/* A value as quoted in a message: at most MAX_SHOWN bytes, then "...". */
+static const char *shown(const char *value, char *buf, size_t size)
+{
+    size_t n = strlen(value);
+    if (n <= MAX_SHOWN)
+        return value;
+    snprintf(buf, size, "%.*s...", MAX_SHOWN, value);
+    return buf;
+}
+
+/* Only printable ASCII and whitespace in a value: the same bytes mean the same to both
+ * readers, and messages quote them the same way. 0, or the offending byte + 1. */
+static int bad_byte(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if ((ch < 0x20 || ch >= 0x7f) && !is_space(ch))
+            return ch + 1;
+    }
+    return 0;
 }
 
 static int bad_prefix(struct parse *p, const char *loc, const char *item, int code)
 {
+    char buf[MAX_SHOWN + 4];
     if (code == -2)
-        return fail(p, loc, "'%s': prefix length above %d", item, strchr(item, ':') ? 128 : 32);
-    return fail(p, loc, "'%s' is not a prefix", item);
+        return fail(p, loc, "'%s': prefix length above %d", shown(item, buf, sizeof buf),
+                    strchr(item, ':') ? 128 : 32);
+    return fail(p, loc, "'%s' is not a prefix", shown(item, buf, sizeof buf));
 }
 
 static int add_prefix(struct prefix **list, int *n, const struct prefix *pfx)
@@ -126,12 +166,15 @@ static int choice(struct parse *p, const char *loc, int key, const char *value,
     for (int i = 0; choices[i]; i++)
         if (strcmp(value, choices[i]) == 0)
             return i;
-    char list[64] = "";
+    char list[64] = "", buf[MAX_SHOWN + 4];
     for (int i = 0; choices[i]; i++) {
         strncat(list, i ? ", " : "", sizeof list - strlen(list) - 1);
         strncat(list, choices[i], sizeof list - strlen(list) - 1);
     }
-    return fail(p, loc, "'%s' must be one of %s, not '%s'", KEY_NAMES[key], list, value);
+    if (key == K_LOG)
+        p->log_bad = 1;
+    return fail(p, loc, "'%s' must be one of %s, not '%s'", KEY_NAMES[key], list,
+                shown(value, buf, sizeof buf));
 }
 
 static int hexval(char ch)
@@ -145,12 +188,49 @@ static int hexval(char ch)
     return -1;
 }
 
+/* Prefixes of a list value into a new array; 0, or -1 with the error set (allow: fewer than
+ * two items is its own mistake, found before any item is judged). */
+static int prefix_list(struct parse *p, const char *loc, char *value, int allow,
+                       struct prefix **out, int *count)
+{
+    char **items;
+    int n = split_items(value, &items);
+    if (n < 0)
+        return fail(p, loc, "out of memory");
+    if (allow && n < 2) {
+        free(items);
+        return fail(p, loc, "'allow' needs an anycast prefix and at least one unicast prefix");
+    }
+    struct prefix *list = NULL;
+    int got = 0;
+    for (int k = 0; k < n; k++) {
+        struct prefix pfx;
+        int rc = prefix_parse(items[k], &pfx);
+        if (rc != 0) {
+            free(list);
+            rc = bad_prefix(p, loc, items[k], rc);
+            free(items);
+            return rc;
+        }
+        if (add_prefix(&list, &got, &pfx) != 0) {
+            free(list);
+            free(items);
+            return fail(p, loc, "out of memory");
+        }
+    }
+    free(items);
+    *out = list;
+    *count = got;
+    return 0;
+}
+
 /* One occurrence of `key` with its (stripped) value; `loc` names where it came from.
  * `replace_anycast` makes anycast replace rather than extend the list (AARP_ANYCAST). */
 static int apply_value(struct parse *p, const char *loc, int key, char *value,
                        int replace_anycast)
 {
     struct aarp_config *c = p->c;
+    char buf[MAX_SHOWN + 4];
     if (!*value)
         return fail(p, loc, "'%s' has no value", KEY_NAMES[key]);
     for (size_t i = 0; i < sizeof INT_RANGES / sizeof INT_RANGES[0]; i++) {
@@ -168,7 +248,7 @@ static int apply_value(struct parse *p, const char *loc, int key, char *value,
         }
         if (!ok || v < INT_RANGES[i].lo || v > INT_RANGES[i].hi)
             return fail(p, loc, "'%s' must be an integer %ld-%ld, not '%s'", KEY_NAMES[key],
-                        INT_RANGES[i].lo, INT_RANGES[i].hi, value);
+                        INT_RANGES[i].lo, INT_RANGES[i].hi, shown(value, buf, sizeof buf));
         switch (key) {
         case K_PORT: c->port = (int)v; break;
         case K_TIMEOUT_MS: c->timeout_ms = (int)v; break;
@@ -179,32 +259,25 @@ static int apply_value(struct parse *p, const char *loc, int key, char *value,
         case K_NEGATIVE_TTL: c->negative_ttl = (unsigned)v; break;
         case K_FAILURE_TTL: c->failure_ttl = (unsigned)v; break;
         case K_KEY_ID: c->key_id = (int)v; break;
+        case K_NONBLOCK_WAIT_MS: c->nonblock_wait_ms = (int)v; break;
         }
         return 0;
     }
     int i;
     switch (key) {
     case K_ANYCAST: {
-        char *items[1024];
-        int n = split_items(value, items, 1024);
-        struct prefix *list = NULL;
-        int count = 0;
-        for (int k = 0; k < n && k < 1024; k++) {
-            struct prefix pfx;
-            int rc = prefix_parse(items[k], &pfx);
-            if (rc != 0) {
-                free(list);
-                return bad_prefix(p, loc, items[k], rc);
-            }
-            if (add_prefix(&list, &count, &pfx) != 0) {
-                free(list);
-                return fail(p, loc, "out of memory");
-            }
-        }
+        struct prefix *list;
+        int count;
+        if (prefix_list(p, loc, value, 0, &list, &count) != 0)
+            return -1;
         if (replace_anycast) {
             free(c->anycast);
             c->anycast = NULL;
             c->n_anycast = 0;
+        }
+        if (c->n_anycast + count > MAX_PREFIXES) {
+            free(list);
+            return fail(p, loc, "more than %d anycast prefixes", MAX_PREFIXES);
         }
         for (int k = 0; k < count; k++)
             if (add_prefix(&c->anycast, &c->n_anycast, &list[k]) != 0) {
@@ -215,33 +288,27 @@ static int apply_value(struct parse *p, const char *loc, int key, char *value,
         return 0;
     }
     case K_ALLOW: {
-        char *items[1024];
-        int n = split_items(value, items, 1024);
-        if (n < 2)
-            return fail(p, loc,
-                        "'allow' needs an anycast prefix and at least one unicast prefix");
-        struct allow_rule rule = {0};
-        for (int k = 0; k < n && k < 1024; k++) {
-            struct prefix pfx;
-            int rc = prefix_parse(items[k], &pfx);
-            if (rc != 0) {
-                free(rule.unicast);
-                return bad_prefix(p, loc, items[k], rc);
-            }
-            if (k == 0)
-                rule.anycast = pfx;
-            else if (add_prefix(&rule.unicast, &rule.n, &pfx) != 0) {
-                free(rule.unicast);
-                return fail(p, loc, "out of memory");
-            }
+        struct prefix *list;
+        int count;
+        if (prefix_list(p, loc, value, 1, &list, &count) != 0)
+            return -1;
+        if (c->n_allow >= MAX_PREFIXES) {
+            free(list);
+            return fail(p, loc, "more than %d 'allow' lines", MAX_PREFIXES);
         }
+        struct allow_rule rule = {.anycast = list[0], .n = count - 1};
+        rule.unicast = malloc(sizeof *rule.unicast * (size_t)rule.n);
         struct allow_rule *grown = realloc(c->allow, sizeof *grown * (size_t)(c->n_allow + 1));
-        if (!grown) {
+        if (grown)
+            c->allow = grown;
+        if (!grown || !rule.unicast) {
+            free(list);
             free(rule.unicast);
             return fail(p, loc, "out of memory");
         }
-        grown[c->n_allow++] = rule;
-        c->allow = grown;
+        memcpy(rule.unicast, list + 1, sizeof *rule.unicast * (size_t)rule.n);
+        free(list);
+        c->allow[c->n_allow++] = rule;
         return 0;
     }
     case K_POLICY:
@@ -258,7 +325,6 @@ static int apply_value(struct parse *p, const char *loc, int key, char *value,
         if ((i = choice(p, loc, key, value, LOGS)) < 0)
             return -1;
         c->log = i;
-        p->log_set = 1;
         return 0;
     case K_DISABLE:
         if (!strcmp(value, "yes") || !strcmp(value, "1") || !strcmp(value, "true"))
@@ -266,8 +332,25 @@ static int apply_value(struct parse *p, const char *loc, int key, char *value,
         else if (!strcmp(value, "no") || !strcmp(value, "0") || !strcmp(value, "false"))
             c->disabled = 0;
         else
-            return fail(p, loc, "'disable' must be yes/no, 1/0 or true/false, not '%s'", value);
+            return fail(p, loc, "'disable' must be yes/no, 1/0 or true/false, not '%s'",
+                        shown(value, buf, sizeof buf));
         return 0;
+    case K_HOST_CACHE: {
+        if (strcmp(value, "off") == 0) {
+            c->host_cache[0] = '\0';
+            return 0;
+        }
+        size_t n = strlen(value);
+        int ok = value[0] == '/' && n <= MAX_HOST_CACHE;
+        for (size_t k = 0; ok && k < n; k++)
+            ok = !is_space((unsigned char)value[k]) && value[k] != ',';
+        if (!ok)
+            return fail(p, loc, "'host_cache' must be off or an absolute directory path of "
+                        "at most %d bytes, not '%s'", MAX_HOST_CACHE,
+                        shown(value, buf, sizeof buf));
+        memcpy(c->host_cache, value, n + 1);
+        return 0;
+    }
     case K_KEY: {
         size_t n = strlen(value);
         int ok = n % 2 == 0 && n / 2 >= 16 && n / 2 <= 64;
@@ -284,31 +367,42 @@ static int apply_value(struct parse *p, const char *loc, int key, char *value,
     return fail(p, loc, "unknown key '%s'", KEY_NAMES[key]);
 }
 
-static int parse_line(struct parse *p, const char *name, int number, char *line)
+static int parse_line(struct parse *p, const char *name, int number, char *line, size_t len)
 {
-    char loc[300];
+    char loc[LOC_LEN], buf[MAX_SHOWN + 4];
     snprintf(loc, sizeof loc, "%s:%d", name, number);
-    char *hash = strchr(line, '#');
-    if (hash)
+    char *hash = memchr(line, '#', len);
+    if (hash) {
         *hash = '\0';
+        len = (size_t)(hash - line);
+    }
+    int bad = bad_byte(line, len);
+    if (bad)
+        return fail(p, loc, "byte 0x%02x is not printable ASCII", bad - 1);
     char *text = strip(line);
     if (!*text)
         return 0;
-    char shown[MAX_LINE + 8];
-    snprintf(shown, sizeof shown, "%s", text);
+    char shown_line[MAX_SHOWN + 4];
+    shown(text, shown_line, sizeof shown_line);
+    const char *quoted = strlen(text) > MAX_SHOWN ? shown_line : NULL;
+    char copy[MAX_LINE + 1];
+    if (!quoted) {
+        snprintf(copy, sizeof copy, "%s", text);
+        quoted = copy;
+    }
     char *eq = strchr(text, '=');
     if (eq)
         *eq = '\0';
     char *key = strip(text);
     if (!eq || !*key)
-        return fail(p, loc, "expected 'key = value', got '%s'", shown);
+        return fail(p, loc, "expected 'key = value', got '%s'", quoted);
     char *value = strip(eq + 1);
     int k;
     for (k = 0; k < K_COUNT; k++)
         if (strcmp(key, KEY_NAMES[k]) == 0)
             break;
     if (k == K_COUNT)
-        return fail(p, loc, "unknown key '%s'", key);
+        return fail(p, loc, "unknown key '%s'", shown(key, buf, sizeof buf));
     if (p->set[k] && k != K_ANYCAST && k != K_ALLOW) {
         const char *first = strrchr(p->where[k], ':');
         return fail(p, loc, "duplicate key '%s' (first on line %s)", key, first ? first + 1 : "?");
@@ -336,21 +430,14 @@ static int parse_text(struct parse *p, char *data, size_t len, const char *name)
         while (visible && start[visible - 1] == '\r')
             visible--;
         if (visible > MAX_LINE) {
-            char loc[300];
+            char loc[LOC_LEN];
             snprintf(loc, sizeof loc, "%s:%d", name, number);
             return fail(p, loc, "line longer than %d bytes", MAX_LINE);
         }
-        char line[MAX_LINE + 8];
-        memcpy(line, start, n > MAX_LINE + 4 ? MAX_LINE + 4 : n);
-        line[n > MAX_LINE + 4 ? MAX_LINE + 4 : n] = '\0';
-        /* A NUL inside a line would silently end it here; the Python reader would call the
-         * key unknown. Keep both strict: a NUL is an error. */
-        if (memchr(start, '\0', n)) {
-            char loc[300];
-            snprintf(loc, sizeof loc, "%s:%d", name, number);
-            return fail(p, loc, "expected 'key = value', got a NUL byte");
-        }
-        if (parse_line(p, name, number, line) != 0)
+        char line[MAX_LINE + 1]; /* trailing CRs are whitespace: left out */
+        memcpy(line, start, visible);
+        line[visible] = '\0';
+        if (parse_line(p, name, number, line, visible) != 0)
             return -1;
     }
     return 0;
@@ -364,13 +451,30 @@ static int parse_env(struct parse *p, env_lookup get, void *ctx)
         const char *raw = get(ENV_KEYS[i].var, ctx);
         if (!raw)
             continue;
-        char buf[4096];
-        snprintf(buf, sizeof buf, "%s", raw);
+        size_t n = strlen(raw);
+        if (n > MAX_VALUE) {
+            if (ENV_KEYS[i].key == K_LOG)
+                p->log_bad = 1;
+            return fail(p, ENV_KEYS[i].var, "longer than %d bytes", MAX_VALUE);
+        }
+        int bad = bad_byte(raw, n);
+        if (bad) {
+            if (ENV_KEYS[i].key == K_LOG)
+                p->log_bad = 1;
+            return fail(p, ENV_KEYS[i].var, "byte 0x%02x is not printable ASCII", bad - 1);
+        }
+        char *buf = malloc(n + 1);
+        if (!buf)
+            return fail(p, ENV_KEYS[i].var, "out of memory");
+        memcpy(buf, raw, n + 1);
         char *value = strip(buf);
-        if (!*value)
-            continue;
-        if (apply_value(p, ENV_KEYS[i].var, ENV_KEYS[i].key, value, 1) != 0)
+        int empty = !*value; /* empty counts as unset */
+        int rc = empty ? 0 : apply_value(p, ENV_KEYS[i].var, ENV_KEYS[i].key, value, 1);
+        free(buf);
+        if (rc != 0)
             return -1;
+        if (empty)
+            continue;
         p->set[ENV_KEYS[i].key] = 1;
         snprintf(p->where[ENV_KEYS[i].key], sizeof p->where[0], "%s", ENV_KEYS[i].var);
     }
@@ -391,6 +495,12 @@ static int finish(struct parse *p)
     if (c->policy == POLICY_KEY && !c->key_len)
         return fail(p, p->set[K_POLICY] ? p->where[K_POLICY] : "configuration",
                     "policy 'key' needs a 'key'");
+    if ((long)c->timeout_ms * (1 + c->retries) > MAX_PROBE_MS) {
+        const char *loc = p->set[K_TIMEOUT_MS] ? p->where[K_TIMEOUT_MS]
+                          : p->set[K_RETRIES] ? p->where[K_RETRIES] : "configuration";
+        return fail(p, loc, "timeout_ms (%d) x (1 + retries (%d)) is above %d ms",
+                    c->timeout_ms, c->retries, MAX_PROBE_MS);
+    }
     if (c->grace_ms > c->timeout_ms) {
         if (!p->set[K_GRACE_MS])
             c->grace_ms = c->timeout_ms;
@@ -417,6 +527,8 @@ static struct aarp_config *config_new(void)
     c->ttl_max = 3600;
     c->negative_ttl = 30;
     c->failure_ttl = 5;
+    c->nonblock_wait_ms = 20;
+    snprintf(c->host_cache, sizeof c->host_cache, "%s", DEFAULT_HOST_CACHE);
     return c;
 }
 
@@ -429,6 +541,28 @@ void config_free(struct aarp_config *c)
         free(c->allow[i].unicast);
     free(c->allow);
     free(c);
+}
+
+/* The level a broken configuration reports at: AARP_LOG if it is valid; error when a log
+ * level was asked for but is not one (logging was clearly wanted); else the default. */
+static void broken_log_level(struct parse *p, env_lookup get, void *ctx)
+{
+    const char *raw = get("AARP_LOG", ctx);
+    char buf[64];
+    if (raw && strlen(raw) < sizeof buf) {
+        snprintf(buf, sizeof buf, "%s", raw);
+        char *v = strip(buf);
+        for (int i = 0; LOGS[i]; i++)
+            if (strcmp(v, LOGS[i]) == 0) {
+                p->c->log = i;
+                return;
+            }
+        if (*v)
+            p->log_bad = 1;
+    } else if (raw) {
+        p->log_bad = 1;
+    }
+    p->c->log = p->log_bad ? LOG_ERROR : -1;
 }
 
 /* Parse `data` as file `name` and then the environment; on error the returned config is
@@ -455,16 +589,7 @@ static struct aarp_config *parse_all(char *data, size_t len, const char *name, e
         rc = finish(p);
     if (rc != 0) {
         c->disabled = -1; /* broken: pass everything through */
-        /* AARP_LOG still decides whether the one line about it is printed. */
-        const char *raw = get("AARP_LOG", ctx);
-        char buf[64];
-        if (raw) {
-            snprintf(buf, sizeof buf, "%s", raw);
-            char *v = strip(buf);
-            for (int i = 0; LOGS[i]; i++)
-                if (strcmp(v, LOGS[i]) == 0)
-                    c->log = i;
-        }
+        broken_log_level(p, get, ctx);
     }
     free(p);
     return c;
@@ -476,104 +601,106 @@ static const char *real_getenv(const char *name, void *ctx)
     return getenv(name);
 }
 
-/* Read a whole file with plain syscalls (fopen could recurse into nothing of ours, but keep
- * the library's IO predictable). Returns 0, -1 with errno, or -2 when too large. */
-static int read_file(const char *path, char **data, size_t *len)
+/* Read a configuration file with plain syscalls, never blocking: O_NONBLOCK so a FIFO
+ * without a writer opens at once, only regular files (and /dev/null, the usual "nothing")
+ * are read, and at most MAX_FILE bytes. 0, or -1 with `why` filled. */
+static int read_file(const char *path, char **data, size_t *len, int *missing, char *why,
+                     size_t whylen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    *missing = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        if (errno == ENOENT) {
+            *missing = 1;
+            snprintf(why, whylen, "%s: no such file", path);
+        } else if (errno == EISDIR) {
+            snprintf(why, whylen, "%s: is a directory", path);
+        } else {
+            snprintf(why, whylen, "%s: cannot read: %s", path, strerror(errno));
+        }
         return -1;
+    }
     struct stat st;
+    int rc = -1;
+    char *buf = NULL;
     if (fstat(fd, &st) != 0) {
-        int e = errno;
-        real.close(fd);
-        errno = e;
-        return -1;
-    }
-    if (S_ISDIR(st.st_mode)) {
-        real.close(fd);
-        errno = EISDIR;
-        return -1;
-    }
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap + 1);
-    while (buf) {
-        if (n == cap) {
-            if (cap >= MAX_FILE) {
-                free(buf);
-                real.close(fd);
-                return -2;
-            }
-            char *grown = realloc(buf, cap * 2 + 1);
-            if (!grown)
+        snprintf(why, whylen, "%s: cannot read: %s", path, strerror(errno));
+    } else if (S_ISDIR(st.st_mode)) {
+        snprintf(why, whylen, "%s: is a directory", path);
+    } else if (S_ISCHR(st.st_mode) && major(st.st_rdev) == 1 && minor(st.st_rdev) == 3) {
+        *data = NULL; /* /dev/null */
+        *len = 0;
+        rc = 0;
+    } else if (!S_ISREG(st.st_mode)) {
+        snprintf(why, whylen, "%s: not a regular file", path);
+    } else if (st.st_size > MAX_FILE) {
+        snprintf(why, whylen, "%s: larger than %d bytes", path, MAX_FILE);
+    } else if (!(buf = malloc(MAX_FILE + 2))) {
+        snprintf(why, whylen, "%s: cannot read: %s", path, strerror(ENOMEM));
+    } else {
+        size_t n = 0;
+        for (;;) {
+            ssize_t r = read(fd, buf + n, MAX_FILE + 1 - n);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0) {
+                snprintf(why, whylen, "%s: cannot read: %s", path, strerror(errno));
                 break;
-            buf = grown;
-            cap *= 2;
+            }
+            n += (size_t)r;
+            if (n > MAX_FILE) { /* grew while we read */
+                snprintf(why, whylen, "%s: larger than %d bytes", path, MAX_FILE);
+                break;
+            }
+            if (r == 0) {
+                buf[n] = '\0';
+                *data = buf;
+                *len = n;
+                buf = NULL;
+                rc = 0;
+                break;
+            }
         }
-        ssize_t r = read(fd, buf + n, cap - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            int e = errno;
-            free(buf);
-            real.close(fd);
-            errno = e;
-            return -1;
-        }
-        if (r == 0) {
-            real.close(fd);
-            buf[n] = '\0';
-            *data = buf;
-            *len = n;
-            return 0;
-        }
-        n += (size_t)r;
     }
     free(buf);
     real.close(fd);
-    errno = ENOMEM;
-    return -1;
+    return rc;
 }
 
 static struct aarp_config *load_with(const char *path_override, env_lookup get, void *ctx,
                                      char *err, size_t errlen)
 {
-    char pathbuf[4096];
+    char ioerr[LOC_LEN + 200] = "";
+    char *pathbuf = NULL;
     const char *env_path = get("AARP_CONF", ctx);
     int named = path_override != NULL;
     const char *path = path_override;
     if (!path && env_path) {
-        snprintf(pathbuf, sizeof pathbuf, "%s", env_path);
-        char *stripped = strip(pathbuf);
-        if (*stripped) {
-            path = stripped;
-            named = 1;
+        if (strlen(env_path) > MAX_PATH) {
+            snprintf(ioerr, sizeof ioerr, "AARP_CONF: longer than %d bytes", MAX_PATH);
+        } else if ((pathbuf = strdup(env_path))) {
+            char *stripped = strip(pathbuf);
+            if (*stripped) {
+                path = stripped;
+                named = 1;
+            }
         }
     }
     if (!path)
         path = DEFAULT_PATH;
     char *data = NULL;
     size_t len = 0;
-    int rc = read_file(path, &data, &len);
     const char *source = path;
-    char ioerr[600] = "";
-    if (rc == -2) {
-        snprintf(ioerr, sizeof ioerr, "%s: larger than %d bytes", path, MAX_FILE);
-    } else if (rc != 0) {
-        if (errno == ENOENT && !named) {
-            source = "";
-        } else if (errno == ENOENT) {
-            snprintf(ioerr, sizeof ioerr, "%s: no such file", path);
-        } else if (errno == EISDIR) {
-            snprintf(ioerr, sizeof ioerr, "%s: is a directory", path);
-        } else {
-            snprintf(ioerr, sizeof ioerr, "%s: cannot read: %s", path, strerror(errno));
-        }
+    int missing = 0;
+    if (!ioerr[0] && read_file(path, &data, &len, &missing, ioerr, sizeof ioerr) != 0 &&
+        missing && !named) {
+        ioerr[0] = '\0'; /* no /etc/aarp.conf: nothing configured, which is fine */
+        source = "";
     }
     struct aarp_config *c;
     if (ioerr[0]) {
         /* Still read the environment, so AARP_LOG can say why we are disabled. */
-        char ignored[8];
+        char ignored[LOC_LEN + 200];
         c = parse_all((char[]){0}, 0, path, get, ctx, ignored, sizeof ignored);
         if (c)
             c->disabled = -1;
@@ -586,6 +713,7 @@ static struct aarp_config *load_with(const char *path_override, env_lookup get, 
         snprintf(c->source, sizeof c->source, "%s", source);
         snprintf(c->error, sizeof c->error, "%s", err);
     }
+    free(pathbuf);
     return c;
 }
 
@@ -621,6 +749,13 @@ struct aarp_config *config_parse_text(const char *text, size_t len, const char *
     struct aarp_config *c = parse_all(copy, len, name, list_getenv, &l, err, errlen);
     free(copy);
     return c;
+}
+
+struct aarp_config *config_load_env(const char *path, const char *const *env, char *err,
+                                    size_t errlen)
+{
+    struct env_list l = {env};
+    return load_with(path, list_getenv, &l, err, errlen);
 }
 
 /* ---- queries ------------------------------------------------------------------------------ */
@@ -699,7 +834,12 @@ size_t config_describe(const struct aarp_config *c, char *buf, size_t size)
         at = append(buf, size, at, "\"%s\"", LOGS[c->log]);
     else
         at = append(buf, size, at, "null");
-    at = append(buf, size, at, ", \"disable\": %s}", c->disabled > 0 ? "true" : "false");
+    at = append(buf, size, at, ", \"disable\": %s, \"nonblock_wait_ms\": %d, \"host_cache\": ",
+                c->disabled > 0 ? "true" : "false", c->nonblock_wait_ms);
+    if (c->host_cache[0])
+        at = append(buf, size, at, "\"%s\"}", c->host_cache);
+    else
+        at = append(buf, size, at, "null}");
     return at;
 }
 
@@ -732,7 +872,7 @@ static void install(struct aarp_config *c, const char *err)
 static void load_once(void)
 {
     real_init();
-    char err[700] = "";
+    char err[sizeof current->error] = "";
     int saved = errno;
     struct aarp_config *c = config_load(NULL, err, sizeof err);
     install(c, err);

@@ -26,19 +26,22 @@ static void fork_prepare(void)
 {
     cache_fork_prepare();
     fdstate_fork_prepare();
+    ownfd_fork_prepare();
 }
 
 static void fork_parent(void)
 {
+    ownfd_fork_parent();
     fdstate_fork_parent();
     cache_fork_parent();
 }
 
 static void fork_child(void)
 {
+    ownfd_fork_child();
     fdstate_fork_child();
     cache_fork_child();
-    probe_fork_child();
+    hostcache_fork_child();
 }
 
 __attribute__((constructor)) static void aarp_init(void)
@@ -51,7 +54,7 @@ __attribute__((constructor)) static void aarp_init(void)
 
 /* TCP, SCTP, MPTCP, UDP and UDP-Lite sockets are pinned; ICMP ping sockets, raw sockets
  * (ping AA must stay ping AA) and everything else are not. */
-static int pinnable_kind(int type, int proto)
+int pinnable_kind(int type, int proto)
 {
     type &= 0xf; /* without SOCK_NONBLOCK / SOCK_CLOEXEC */
     if (type == SOCK_STREAM || type == SOCK_SEQPACKET)
@@ -82,6 +85,8 @@ static const char *how_text(const struct resolution *r, int cached, int pinned)
 {
     if (pinned)
         return "this socket's server";
+    if (cached == CACHED_HOST)
+        return "host cache";
     if (cached)
         return "cache hit";
     switch (r->how) {
@@ -95,7 +100,7 @@ static const char *how_text(const struct resolution *r, int cached, int pinned)
 /* The address to use instead of `sa`: 1 with `out` filled, or 0 to use `sa` unchanged.
  * `connecting` makes a non-anycast destination drop what this fd remembered. */
 static int pin(int fd, const struct sockaddr *sa, socklen_t len, struct sockaddr_storage *out,
-               const char *call, int connecting)
+               const char *call, int connecting, int flags)
 {
     struct sockaddr_view v;
     if (aarp_busy || sockaddr_read(sa, len, &v) != 0)
@@ -126,10 +131,17 @@ static int pin(int fd, const struct sockaddr *sa, socklen_t len, struct sockaddr
     } else if (!pinnable_socket(fd)) {
         LOGD("%s fd %d: %s: not a TCP/UDP socket: unchanged", call, fd, aa_text);
         goto out;
-    } else if (!resolve_address(c, &v.ip, &r, &cached)) {
+    } else if (!resolve_address(c, &v.ip, &r, &cached, fd, flags)) {
+        /* Late for a non-blocking call: this socket stays with AA, so a connect() called
+         * again while the handshake runs, or the next datagram, does not wait again. */
+        if (cached == CACHED_LATE)
+            fdstate_remember(fd, &v.ip, &v.ip);
         LOGD("%s fd %d: %s: %s: unchanged", call, fd, aa_text,
-             r.state == RES_NEGATIVE ? (cached ? "cached: does not resolve" : "does not resolve")
-                                     : (cached ? "cached failure (fail open)" : "no answer (fail open)"));
+             cached == CACHED_LATE ? "non-blocking, no answer within nonblock_wait_ms "
+                                     "(the probe goes on)"
+             : r.state == RES_NEGATIVE ? (cached ? "cached: does not resolve" : "does not resolve")
+                                       : (cached ? "cached failure (fail open)"
+                                                 : "no answer (fail open)"));
         goto out;
     }
     if (sockaddr_rewrite(sa, len, &r.ua, out) != 0) {
@@ -178,7 +190,7 @@ AARP_API int connect(int fd, const struct sockaddr *sa, socklen_t len)
     real_init();
     int saved = errno;
     struct sockaddr_storage alt;
-    if (pin(fd, sa, len, &alt, "connect", 1)) {
+    if (pin(fd, sa, len, &alt, "connect", 1, 0)) {
         errno = saved;
         return real.connect(fd, (struct sockaddr *)&alt, len);
     }
@@ -193,7 +205,7 @@ AARP_API ssize_t sendto(int fd, const void *buf, size_t n, int flags, const stru
     if (sa) {
         int saved = errno;
         struct sockaddr_storage alt;
-        if (pin(fd, sa, len, &alt, "sendto", 0)) {
+        if (pin(fd, sa, len, &alt, "sendto", 0, flags)) {
             errno = saved;
             return real.sendto(fd, buf, n, flags, (struct sockaddr *)&alt, len);
         }
@@ -208,7 +220,7 @@ AARP_API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
     if (msg && msg->msg_name) {
         int saved = errno;
         struct sockaddr_storage alt;
-        if (pin(fd, msg->msg_name, msg->msg_namelen, &alt, "sendmsg", 0)) {
+        if (pin(fd, msg->msg_name, msg->msg_namelen, &alt, "sendmsg", 0, flags)) {
             struct msghdr copy = *msg;
             copy.msg_name = &alt;
             errno = saved;
@@ -230,7 +242,7 @@ AARP_API int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
     struct sockaddr_storage *alts = NULL, one;
     for (unsigned int i = 0; i < n; i++) {
         struct msghdr *m = &vec[i].msg_hdr;
-        if (!m->msg_name || !pin(fd, m->msg_name, m->msg_namelen, &one, "sendmmsg", 0))
+        if (!m->msg_name || !pin(fd, m->msg_name, m->msg_namelen, &one, "sendmmsg", 0, flags))
             continue;
         if (!copy) {
             copy = malloc(sizeof *copy * n);
@@ -323,9 +335,15 @@ AARP_API int getpeername(int fd, struct sockaddr *sa, socklen_t *len)
     return rc;
 }
 
+/* The library's own descriptors are not the program's to close: close() of one fails with
+ * EBADF as if it were not open, close_range()/closefrom() close everything around them. */
 AARP_API int close(int fd)
 {
     real_init();
+    if (ownfd_any() && ownfd_has(fd)) {
+        errno = EBADF;
+        return -1;
+    }
     fdkind_set(fd, KIND_UNKNOWN);
     if (fdstate_any()) {
         int saved = errno;
@@ -333,6 +351,29 @@ AARP_API int close(int fd)
         errno = saved;
     }
     return real.close(fd);
+}
+
+/* close_range over [first, last] without our descriptors (lock held); the first error. */
+static int close_range_around(unsigned first, unsigned last, int flags)
+{
+    int mine[256];
+    int n = ownfd_in_range_locked(first, last, mine);
+    int rc = 0, err = 0;
+    unsigned long long from = first;
+    for (int i = 0; i <= n; i++) {
+        /* one past the segment: the next of ours, or past `last` */
+        unsigned long long to = i < n ? (unsigned long long)mine[i] : last + 1ULL;
+        if (to > from &&
+            real.close_range((unsigned)from, (unsigned)(to - 1), flags) != 0 && !rc) {
+            rc = -1;
+            err = errno;
+        }
+        if (i < n)
+            from = (unsigned long long)mine[i] + 1;
+    }
+    if (rc)
+        errno = err;
+    return rc;
 }
 
 AARP_API int close_range(unsigned int first, unsigned int last, int flags)
@@ -346,12 +387,48 @@ AARP_API int close_range(unsigned int first, unsigned int last, int flags)
             fdstate_forget_range(first, last);
         errno = saved;
     }
-    return real.close_range(first, last, flags);
+    if (!ownfd_any() || first > last)
+        return real.close_range(first, last, flags);
+    ownfd_lock();
+    int rc = close_range_around(first, last, flags);
+    ownfd_unlock();
+    return rc;
+}
+
+/* glibc's closefrom() makes the close_range system call itself, behind our hook. */
+AARP_API void closefrom(int lowfd)
+{
+    real_init();
+    if (lowfd < 0)
+        lowfd = 0;
+    int saved = errno;
+    fdkind_clear_range((unsigned)lowfd, ~0U);
+    if (fdstate_any())
+        fdstate_forget_range((unsigned)lowfd, ~0U);
+    if (!ownfd_any() && real.closefrom) {
+        errno = saved;
+        real.closefrom(lowfd);
+        return;
+    }
+    ownfd_lock();
+    if (close_range_around((unsigned)lowfd, ~0U, 0) != 0) {
+        /* No close_range in this kernel: one by one, ours left alone. */
+        long max = sysconf(_SC_OPEN_MAX);
+        for (long fd = lowfd; fd < (max > 0 ? max : 65536); fd++)
+            if (!ownfd_has_locked((int)fd))
+                real.close((int)fd);
+    }
+    ownfd_unlock();
+    errno = saved;
 }
 
 AARP_API int dup2(int from, int to)
 {
     real_init();
+    if (from != to && ownfd_any() && ownfd_has(to)) {
+        errno = EBUSY; /* what Linux says while the target number is being set up */
+        return -1;
+    }
     int rc = real.dup2(from, to);
     if (rc >= 0 && from != to) {
         int saved = errno;
@@ -366,6 +443,10 @@ AARP_API int dup2(int from, int to)
 AARP_API int dup3(int from, int to, int flags)
 {
     real_init();
+    if (ownfd_any() && ownfd_has(to)) {
+        errno = EBUSY;
+        return -1;
+    }
     int rc = real.dup3(from, to, flags);
     if (rc >= 0) {
         int saved = errno;

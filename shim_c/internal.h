@@ -73,9 +73,11 @@ struct aarp_config {
     int key_len;
     uint8_t key[64];
     int key_id;
-    char source[256]; /* the file read, or "" */
+    int nonblock_wait_ms;  /* the longest a non-blocking call waits for an answer */
+    char host_cache[128];  /* directory of the host cache, "" when off */
+    char source[4096];     /* the file read, or "" */
     struct aarp_config *retired; /* configs this one replaced (kept alive) */
-    char error[700];             /* why it is disabled, when broken */
+    char error[4400];            /* why it is disabled, when broken */
 };
 
 /* Parse the file named by AARP_CONF (or /etc/aarp.conf) plus the environment. Returns a new
@@ -83,6 +85,9 @@ struct aarp_config {
  * one-line reason. `env` is a getenv-like lookup so tests can feed their own. */
 struct aarp_config *config_load(const char *path_override, char *err, size_t errlen);
 void config_free(struct aarp_config *c);
+/* Like config_load, with the environment `env` ("KEY=value" strings) instead of the real one. */
+struct aarp_config *config_load_env(const char *path, const char *const *env, char *err,
+                                    size_t errlen);
 struct aarp_config *config_parse_text(const char *text, size_t len, const char *name,
                                       const char *const *env, char *err, size_t errlen);
 int config_is_anycast(const struct aarp_config *c, const struct ipaddr *a);
@@ -172,6 +177,7 @@ struct real_fns {
     int (*close_range)(unsigned int, unsigned int, int);
     int (*dup2)(int, int);
     int (*dup3)(int, int, int);
+    void (*closefrom)(int); /* NULL where libc has none */
 };
 extern struct real_fns real;
 void real_init(void);
@@ -192,9 +198,12 @@ struct resolution {
     struct ipaddr ua;
     uint32_t ttl;     /* seconds to keep */
     int64_t expires;  /* monotonic ms */
+    int from_host;    /* taken from the host cache */
 };
 
 enum { CACHE_HIT = 0, CACHE_CLAIMED = 1, CACHE_TIMEOUT = 2 };
+/* A live entry (HIT), or the claim to probe (CLAIMED), or TIMEOUT when another thread's probe
+ * has not finished by `wait_until` (monotonic ms; 0: do not wait at all). */
 int cache_acquire(const struct ipaddr *aa, struct resolution *out, int64_t wait_until);
 void cache_complete(const struct ipaddr *aa, const struct resolution *r);
 void cache_abandon(const struct ipaddr *aa);
@@ -209,15 +218,62 @@ void cache_fork_child(void);
 /* Resolve `aa` on the wire; fills r (state, how, ua, ttl). Returns 0, or -1 when interrupted
  * by a signal (r->state is RES_FAILED then, and the result should not be cached). */
 int probe_resolve(const struct aarp_config *c, const struct ipaddr *aa, struct resolution *r);
-/* In a fork()ed child: close the probe sockets of the parent's threads. */
-void probe_fork_child(void);
+
+/* ---- the library's own descriptors (ownfd.c) --------------------------------------------- */
+
+/* A socket of the library's own (always close-on-exec), guarded against the program's
+ * close/close_range/closefrom/dup2; close it with ownfd_close. */
+int ownfd_socket(int domain, int type, int proto);
+void ownfd_close(int fd);
+int ownfd_any(void);
+int ownfd_has(int fd);
+void ownfd_lock(void);
+void ownfd_unlock(void);
+int ownfd_has_locked(int fd);
+int ownfd_in_range_locked(unsigned first, unsigned last, int *out); /* out: 256 ints */
+void ownfd_fork_prepare(void);
+void ownfd_fork_parent(void);
+void ownfd_fork_child(void);
+
+/* ---- the host cache (hostcache.c) -------------------------------------------------------- */
+
+enum { HOST_ABSENT = 0, HOST_FOUND = 1, HOST_LATE = 2 };
+/* The host cache's answer for `aa`, asking its daemon (waiting until `deadline`) on a miss:
+ * HOST_FOUND (r filled), HOST_LATE (the daemon is still probing), HOST_ABSENT (no daemon, not
+ * served by it, or its answer does not meet our policy: probe ourselves). */
+int hostcache_resolve(const struct aarp_config *c, const struct ipaddr *aa,
+                      struct resolution *r, int64_t deadline);
+/* A hit from the host cache near its expiry: ask the daemon to refresh it (rate-limited). */
+void hostcache_maybe_refresh(const struct aarp_config *c, const struct ipaddr *aa,
+                             const struct resolution *r);
+void hostcache_fork_child(void);
+/* The daemon's side (the only writer); the probe uses the process configuration. */
+void *hostcache_open_writer(const char *dir, char *err, size_t errlen);
+int hostcache_probe_store(void *w, const struct ipaddr *aa, struct resolution *r);
+int hostcache_writer_lookup(void *w, const struct ipaddr *aa, struct resolution *r);
+void hostcache_count(void *w, int which); /* 0 requests, 1 refreshes, 2 refused */
+void hostcache_close_writer(void *w);
+struct hostcache_info {
+    unsigned owner, mode;
+    int pid, port, policy, same_netns, slots;
+    uint64_t requests, probes, refreshes, refused;
+    int64_t uptime_ms;
+};
+int hostcache_snapshot(const char *dir, struct hostcache_info *info, struct ipaddr *aa,
+                       struct resolution *r, uint32_t *probes, int max, char *err,
+                       size_t errlen);
 
 /* ---- resolution front end (resolve.c) ---------------------------------------------------- */
 
-/* What to use instead of `aa`: returns 1 and fills ua when pinned, 0 to use aa unchanged.
- * `cached` tells whether the answer came from the cache. */
+enum { CACHED_NO = 0, CACHED_PROCESS = 1, CACHED_HOST = 2, CACHED_LATE = 3 };
+/* Whether a call on `fd` with send `flags` must not block (O_NONBLOCK or MSG_DONTWAIT). */
+int call_is_nonblocking(int fd, int flags);
+/* What to use instead of `aa`: returns 1 and fills r->ua when pinned, 0 to use aa unchanged.
+ * `cached`: CACHED_NO (probed now), _PROCESS, _HOST, or _LATE (a non-blocking caller's answer
+ * was not there in time: unchanged, the probe goes on). `fd`/`flags` tell whether the caller
+ * may block (fd -1: it may). */
 int resolve_address(const struct aarp_config *c, const struct ipaddr *aa, struct resolution *r,
-                    int *cached);
+                    int *cached, int fd, int flags);
 
 /* ---- per-socket state (fdstate.c) -------------------------------------------------------- */
 
@@ -235,6 +291,9 @@ void fdkind_clear_range(unsigned int first, unsigned int last);
 void fdstate_fork_prepare(void);
 void fdstate_fork_parent(void);
 void fdstate_fork_child(void);
+
+/* TCP, SCTP, MPTCP, UDP and UDP-Lite (SO_TYPE, SO_PROTOCOL): the sockets that get pinned. */
+int pinnable_kind(int type, int proto);
 
 /* Thread-local guard: set while the library works for a caller, so nothing re-enters it. */
 extern __thread int aarp_busy __attribute__((tls_model("initial-exec")));

@@ -39,43 +39,6 @@ struct probe {
     struct resolution *r;
 };
 
-/* Probe sockets open right now (fd + 1; 0 = free), so a fork()ed child can close the copies
- * of sockets only a parent's thread would ever have closed. */
-static int open_fds[64];
-
-static int track(int fd)
-{
-    if (fd < 0)
-        return fd;
-    for (size_t i = 0; i < sizeof open_fds / sizeof open_fds[0]; i++) {
-        int empty = 0;
-        if (__atomic_compare_exchange_n(&open_fds[i], &empty, fd + 1, 0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_RELAXED))
-            break;
-    }
-    return fd;
-}
-
-static void close_tracked(int fd)
-{
-    for (size_t i = 0; i < sizeof open_fds / sizeof open_fds[0]; i++) {
-        int mine = fd + 1;
-        if (__atomic_compare_exchange_n(&open_fds[i], &mine, 0, 0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_RELAXED))
-            break;
-    }
-    real.close(fd);
-}
-
-void probe_fork_child(void)
-{
-    for (size_t i = 0; i < sizeof open_fds / sizeof open_fds[0]; i++)
-        if (open_fds[i]) {
-            real.close(open_fds[i] - 1);
-            open_fds[i] = 0;
-        }
-}
-
 static int random_bytes(void *buf, size_t len)
 {
     uint8_t *p = buf;
@@ -127,13 +90,13 @@ static void open_icmp(struct probe *p)
 {
     int af = p->aa->af;
     int proto = af == AF_INET ? IPPROTO_ICMP : IPPROTO_ICMPV6;
-    p->icmp_fd = track(real.socket(af, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, proto));
+    p->icmp_fd = ownfd_socket(af, SOCK_DGRAM | SOCK_NONBLOCK, proto);
     if (p->icmp_fd >= 0) {
         LOGD("probe %s: ICMP over a ping socket", p->aa_text);
         return;
     }
     int ping_errno = errno;
-    p->icmp_fd = track(real.socket(af, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, proto));
+    p->icmp_fd = ownfd_socket(af, SOCK_RAW | SOCK_NONBLOCK, proto);
     if (p->icmp_fd < 0) {
         LOGD("probe %s: no ICMP socket (ping socket: %s; raw socket: %s): UDP only",
              p->aa_text, strerror(ping_errno), strerror(errno));
@@ -155,8 +118,7 @@ static void open_icmp(struct probe *p)
 
 static void open_udp(struct probe *p)
 {
-    p->udp_fd = track(real.socket(p->aa->af, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                                  IPPROTO_UDP));
+    p->udp_fd = ownfd_socket(p->aa->af, SOCK_DGRAM | SOCK_NONBLOCK, IPPROTO_UDP);
     if (p->udp_fd < 0) {
         LOGD("probe %s: no UDP socket: %s", p->aa_text, strerror(errno));
         return;
@@ -167,7 +129,7 @@ static void open_udp(struct probe *p)
     socklen_t len = make_sockaddr(p->aa, (uint16_t)p->c->port, &ss);
     if (real.connect(p->udp_fd, (struct sockaddr *)&ss, len) != 0) {
         LOGD("probe %s: UDP connect: %s", p->aa_text, strerror(errno));
-        close_tracked(p->udp_fd);
+        ownfd_close(p->udp_fd);
         p->udp_fd = -1;
     }
 }
@@ -510,9 +472,9 @@ out:
     if (r->state == RES_FAILED && !r->ttl)
         r->ttl = c->failure_ttl;
     if (p.icmp_fd >= 0)
-        close_tracked(p.icmp_fd);
+        ownfd_close(p.icmp_fd);
     if (p.udp_fd >= 0)
-        close_tracked(p.udp_fd);
+        ownfd_close(p.udp_fd);
     r->expires = now_ms() + (int64_t)r->ttl * 1000;
     return rc;
 }

@@ -97,6 +97,7 @@ static void find_all(void)
     FIND(close_range, sys_close_range);
     FIND(dup2, sys_dup2);
     FIND(dup3, sys_dup3);
+    *(void **)&real.closefrom = dlsym(RTLD_NEXT, "closefrom");
     errno = saved;
 }
 

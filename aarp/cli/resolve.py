@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "2 usage or configuration error. Defaults come from /etc/aarp.conf (AARP_CONF) and "
         "AARP_* variables.",
     )
-    p.add_argument("destinations", nargs="+", metavar="ADDR|NAME")
+    p.add_argument("destinations", nargs="*", metavar="ADDR|NAME")
     fam = p.add_mutually_exclusive_group()
     fam.add_argument("-4", dest="version", action="store_const", const=4,
                      help="IPv4 only (A records)")
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nameserver", action="append", metavar="ADDR",
                    help="DNS server for names (repeatable; default: /etc/resolv.conf)")
     p.add_argument("--config", metavar="PATH", help="configuration file")
+    p.add_argument("--cache", action="store_true",
+                   help="show the host cache (what 'aarp-shim --cache-daemon' shares with "
+                   "every process using libaarp.so) instead of probing")
     p.add_argument("--via-shim", action="store_true",
                    help="resolve through libaarp.so: what the preload library would do "
                    "(addresses outside the 'anycast' prefixes are left unchanged)")
@@ -69,9 +72,18 @@ def _check_range(name: str, value: int | float | None, lo: float, hi: float) -> 
         raise UsageError(f"{name} must be {lo:g}-{hi:g}")
 
 
+def _check_nameservers(values: list[str] | None) -> None:
+    for value in values or ():
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise UsageError(f"--nameserver '{value}' is not an IP address") from None
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     cfg = aconfig.load(args.config)
-    _check_range("--timeout", args.timeout, 1, 60000)
+    _check_nameservers(args.nameserver)
+    _check_range("--timeout", args.timeout, 1, aconfig.MAX_PROBE_MS)
     _check_range("--retries", args.retries, 0, 10)
     _check_range("--port", args.port, 1, 65535)
     _check_range("--key-id", args.key_id, 0, 255)
@@ -91,6 +103,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         changes["key"] = key
         changes.setdefault("policy", "key")
     cfg = cfg.replace(**changes)
+    if cfg.timeout_ms * (1 + cfg.retries) > aconfig.MAX_PROBE_MS:
+        raise UsageError(f"--timeout x (1 + --retries) must be at most {aconfig.MAX_PROBE_MS} ms "
+                         f"(it is {cfg.timeout_ms} x {1 + cfg.retries})")
     if cfg.policy == "key" and cfg.key is None:
         raise UsageError("policy 'key' needs a key (--key or 'key' in the configuration)")
     return cfg.replace(grace_ms=min(cfg.grace_ms, cfg.timeout_ms))
@@ -181,8 +196,47 @@ def _json(dest: Destination, count: int) -> dict:
     return doc
 
 
+def show_cache(cfg: Config, as_json: bool) -> int:
+    """Print the host cache; 0, or 1 when there is none (reason on stderr)."""
+    from aarp import hostcache, shim
+
+    if not cfg.host_cache:
+        print("aarp-resolve: the host cache is off ('host_cache = off')", file=sys.stderr)
+        return 1
+    try:
+        info, entries = hostcache.read(cfg.host_cache)
+    except (hostcache.HostCacheError, shim.ShimNotBuilt) as exc:
+        print(f"aarp-resolve: no host cache: {exc} (is 'aarp-shim --cache-daemon' running?)",
+              file=sys.stderr)
+        return 1
+    running = hostcache.daemon_answers(cfg.host_cache)
+    if as_json:
+        print(json.dumps({"host_cache": {**info.to_dict(), "daemon_answers": running},
+                          "entries": [e.to_dict() for e in entries]}, indent=1))
+        return 0
+    state = "answers" if running else "does not answer (entries are still used until expiry)"
+    print(f"host cache {cfg.host_cache}: daemon pid {info.pid} {state}; "
+          f"{len(entries)} live entries of {info.slots}; policy {info.policy}, port {info.port}"
+          f"; {info.requests} requests, {info.probes} probes, {info.refreshes} refreshes"
+          + ("" if info.same_netns else "; ANOTHER network namespace: not used here"))
+    for e in entries:
+        what = e.unicast if e.status == "pinned" else e.status
+        print(f"{e.anycast:<40} {what:<40} {e.how or '-':<12} verified={e.verified:<6} "
+              f"ttl={e.ttl} expires_in={e.expires_in_ms / 1000:.1f}s probes={e.probes}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cache:
+        try:
+            return show_cache(aconfig.load(args.config), args.json)
+        except aconfig.ConfigError as exc:
+            print(f"aarp-resolve: {exc}", file=sys.stderr)
+            return 2
+    if not args.destinations:
+        print("aarp-resolve: give at least one ADDR|NAME (or --cache)", file=sys.stderr)
+        return 2
     try:
         cfg = config_from_args(args)
         prober = make_prober(args)

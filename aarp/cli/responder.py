@@ -11,11 +11,15 @@ import signal
 import sys
 
 from aarp import config as aconfig
+from aarp.ops_http import ListenError, OpsHttpServer, Reply, parse_listen
 from aarp.responder import DEFAULT_BURST, DEFAULT_RATE, DEFAULT_TTL
-from aarp.responder_service import ResponderError, ResponderService
+from aarp.responder_service import ResponderError, ResponderService, check_address
 
 LOG_LEVELS = {"off": logging.CRITICAL + 10, "error": logging.ERROR, "info": logging.INFO,
               "debug": logging.DEBUG}
+
+
+MAX_RATE = 1e6
 
 
 class UsageError(Exception):
@@ -57,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: config 'log', else error)")
     p.add_argument("-v", "--verbose", action="store_true", help="same as --log info")
     p.add_argument("--status", action="store_true", help="print the status as JSON on exit")
+    p.add_argument("--http-listen", metavar="HOST:PORT",
+                   help="serve GET /health here (200 healthy, 503 not; a JSON body with the "
+                   "reasons), e.g. 127.0.0.1:9181; for a router's health checks")
+    p.add_argument("--check", action="store_true",
+                   help="do not serve: probe the anycast addresses from this host and exit 0 "
+                   "if the responder running here answers each with this host's unicast "
+                   "address, 1 if not (for health checks and ExaBGP's announcer)")
     return p
 
 
@@ -99,25 +110,51 @@ def service_from_args(args: argparse.Namespace, cfg: aconfig.Config) -> Responde
                                                                      10**6)):
         if not lo <= value <= hi:
             raise UsageError(f"{name} must be {lo}-{hi}")
-    if not args.rate > 0:
-        raise UsageError("--rate must be above 0")
+    if not 0 < args.rate <= MAX_RATE:  # also refuses nan and inf
+        raise UsageError(f"--rate must be above 0 and at most {MAX_RATE:g} answers per second")
     return ResponderService.from_options(
         anycast, unicast, ttl=args.ttl, key=key, key_id=key_id, port=port,
         icmp=not args.no_icmp, udp=not args.no_udp, rate=args.rate, burst=args.burst)
 
 
-async def _serve(service: ResponderService) -> None:
+def health_endpoint(service: ResponderService, http: OpsHttpServer) -> None:
+    async def health() -> Reply:
+        doc = await service.health()
+        return Reply.json(200 if doc["healthy"] else 503, doc)
+
+    http.route("/health", health)
+
+
+async def _serve(service: ResponderService, http: OpsHttpServer | None) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await service.start()
     try:
+        if http is not None:
+            health_endpoint(service, http)
+            await http.start()
         await stopping.wait()
     finally:
+        if http is not None:
+            await http.stop()
         await service.stop()
         logging.getLogger("aarp.responder").info("stopped: %s",
                                                  json.dumps(service.status()["counters"]))
+
+
+def check(service: ResponderService) -> int:
+    """--check: one line per anycast address; 0 when every one is answered by us."""
+    rc = 0
+    for aa in service.config.anycast:
+        why = check_address(service.config, aa, timeout_ms=500)
+        if why:
+            print(f"aarp-responder: {why}", file=sys.stderr)
+            rc = 1
+        else:
+            print(f"{aa}: ok, unicast {service.config.unicast_for(aa.version)}")
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,9 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     except ResponderError as exc:
         print(f"aarp-responder: {exc}", file=sys.stderr)
         return 1
+    if args.check:
+        return check(service)
+    http = None
+    if args.http_listen:
+        try:
+            http = OpsHttpServer(*parse_listen(args.http_listen))
+        except ListenError as exc:
+            print(f"aarp-responder: --http-listen {exc}", file=sys.stderr)
+            return 2
     try:
-        asyncio.run(_serve(service))
-    except ResponderError as exc:
+        asyncio.run(_serve(service, http))
+    except (ResponderError, ListenError) as exc:
         print(f"aarp-responder: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

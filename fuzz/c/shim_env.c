@@ -1,11 +1,12 @@
 /* libaarp's configuration with its environment variables (AARP_*): the input is a file's text
- * and then, after each NUL byte, one variable (first byte: which name, the rest: its value). */
+ * and then, after each NUL byte, one variable (first byte: which name, the rest: its value).
+ * The names are those of fuzz/cases.py AARP_ENV_NAMES. */
 #include "../../shim_c/internal.h"
 #include "common.h"
 
 static const char *const NAMES[] = {
     "AARP_ANYCAST", "AARP_TIMEOUT_MS", "AARP_METHOD", "AARP_PORT", "AARP_LOG",
-    "AARP_DISABLE", "AARP_CONF", "AARP_OTHER",
+    "AARP_DISABLE", "AARP_CONF", "AARP_NONBLOCK_WAIT_MS", "AARP_HOST_CACHE", "AARP_OTHER",
 };
 #define NNAMES (sizeof NAMES / sizeof NAMES[0])
 #define MAX_VARS 16

@@ -11,11 +11,13 @@ import socket
 from pathlib import Path
 
 from relay.cluster import handover as ho
+from relay.cluster import tcp_forward as tf
 from relay.cluster.anytun_sync_io import DEFAULT_PORT, parse_peers
 from relay.cluster.handover_io import HandoverOptions, check_address
 from relay.cluster.records import NODE_RE
 from relay.cluster.secrets import ClusterKey
 from relay.cluster.settings import ClusterSettings, RedisSettings
+from relay.cluster.tcp_forward_io import AnycastTcpOptions
 from relay.runtime.errors import ConfigError
 
 
@@ -43,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-M", "--sync-hosts", metavar="HOST[:PORT][,...]",
                    help=f"anytun sync protocol: read from these anytun -S listeners (default "
                    f"port {DEFAULT_PORT}); keys travel in clear")
+    g.add_argument("--health-needs-sync", action="store_true",
+                   help="report this node unhealthy (so announcers withdraw its anycast "
+                   "prefixes) while the --sync backend is unreachable")
     h = parser.add_argument_group("open tunnel mode across nodes (needs --sync redis://...)")
     h.add_argument("--handover", metavar="ADDR",
                    help="this node's unicast address: translate clients' flows into this "
@@ -59,17 +64,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--handover-table", type=int, metavar="N",
                    help=f"routing table and rule preference for the hop routes (default "
                    f"{ho.DEFAULT_TABLE})")
+    a = parser.add_argument_group("full anycast TCP across nodes (needs --sync redis://... "
+                                  "and --cluster-key-file)")
+    a.add_argument("--anycast-tcp", metavar="ADDR",
+                   help="this node's unicast address: TCP connections to the anycast address "
+                   "(the anycast-tcp transport, and --anycast-tcp-ports) are handed to the node "
+                   "that holds them over VXLAN, and taken over when that node dies")
+    a.add_argument("--anycast-tcp-address", metavar="ADDR[,ADDR]",
+                   help="the anycast address(es) (default: the tunnel's -i / [node] interface)")
+    a.add_argument("--anycast-tcp-ports", metavar="PORT[,PORT...]",
+                   help="other TCP services on the anycast address whose connections are "
+                   "kept on their node (e.g. 80,443)")
+    a.add_argument("--anycast-tcp-timeout", type=float, metavar="SECONDS",
+                   help=f"a node not heard for this long is dead and its connections are "
+                   f"taken over (default {AnycastTcpOptions.timeout:g})")
+    a.add_argument("--anycast-tcp-vni", type=int, metavar="VNI",
+                   help=f"VXLAN network identifier of the link (default {tf.DEFAULT_VNI})")
+    a.add_argument("--anycast-tcp-udp-port", type=int, metavar="PORT",
+                   help=f"VXLAN UDP port of the link (default {tf.DEFAULT_UDP_PORT})")
 
 
 HANDOVER_OPTIONS = ("handover", "handover_ports", "handover_block", "handover_vni",
                     "handover_udp_port", "handover_table")
+ANYCAST_TCP_OPTIONS = ("anycast_tcp", "anycast_tcp_address", "anycast_tcp_ports",
+                       "anycast_tcp_timeout", "anycast_tcp_vni", "anycast_tcp_udp_port")
 _OPTIONS = ("sync", "sync_port", "sync_hosts", "sync_interface", "cluster_key_file",
             "sync_node", "sync_password_file", "sync_tls_ca", "sync_tls_cert", "sync_tls_key",
-            *HANDOVER_OPTIONS)
+            "health_needs_sync", *HANDOVER_OPTIONS, *ANYCAST_TCP_OPTIONS)
 
 
 def requested(args: argparse.Namespace) -> bool:
-    return any(getattr(args, d, None) not in (None, []) for d in _OPTIONS)
+    return any(getattr(args, d, None) not in (None, [], False) for d in _OPTIONS)
 
 
 def _read_secret(path: str, what: str) -> str:
@@ -141,6 +166,50 @@ def _handover(args: argparse.Namespace) -> HandoverOptions | None:
     return opts
 
 
+def _anycast_tcp(args: argparse.Namespace, key: ClusterKey | None,
+                 redis: RedisSettings | None) -> AnycastTcpOptions | None:
+    given = [o for o in ANYCAST_TCP_OPTIONS if getattr(args, o, None) is not None]
+    if not given:
+        return None
+    if args.anycast_tcp is None:
+        raise ConfigError(f"--{given[0].replace('_', '-')} needs --anycast-tcp ADDR")
+    if redis is None:
+        raise ConfigError("--anycast-tcp needs the nodes' shared state: --sync redis://...")
+    if key is None:
+        raise ConfigError("--anycast-tcp needs --cluster-key-file: the records that let a "
+                          "node take a connection over are signed with it")
+    address = check_address(args.anycast_tcp, "--anycast-tcp")
+    anycast: list[str] = []
+    for part in (args.anycast_tcp_address or "").split(","):
+        if part.strip():
+            try:
+                anycast.append(str(ipaddress.ip_address(part.strip())))
+            except ValueError:
+                raise ConfigError(f"--anycast-tcp-address: {part.strip()!r} is not an IP "
+                                  "address") from None
+    if address in anycast:
+        raise ConfigError(f"--anycast-tcp {address} is the anycast address: give this "
+                          "node's own unicast address")
+    ports: list[int] = []
+    for part in (args.anycast_tcp_ports or "").split(","):
+        if part.strip():
+            if not part.strip().isdigit() or not 0 < int(part) < 65536:
+                raise ConfigError(f"--anycast-tcp-ports: {part.strip()!r} is not a port "
+                                  "(1-65535)")
+            ports.append(int(part))
+    timeout = 1.0 if args.anycast_tcp_timeout is None else args.anycast_tcp_timeout
+    if not 0.3 <= timeout <= 60:
+        raise ConfigError(f"--anycast-tcp-timeout {timeout:g}: 0.3..60 seconds")
+    vni = tf.DEFAULT_VNI if args.anycast_tcp_vni is None else args.anycast_tcp_vni
+    if not 0 < vni < 1 << 24:
+        raise ConfigError(f"--anycast-tcp-vni {vni}: 1..16777215")
+    udp = args.anycast_tcp_udp_port or tf.DEFAULT_UDP_PORT
+    if not 0 < udp < 65536:
+        raise ConfigError(f"--anycast-tcp-udp-port {udp}: 1..65535")
+    return AnycastTcpOptions(address, tuple(anycast), tuple(sorted(set(ports))), vni, udp,
+                             timeout=timeout, beat=min(0.25, timeout / 4))
+
+
 def settings_from_args(args: argparse.Namespace) -> ClusterSettings | None:
     """The cluster the command line describes, or None if it asks for none."""
     if not requested(args):
@@ -169,4 +238,6 @@ def settings_from_args(args: argparse.Namespace) -> ClusterSettings | None:
             peers = tuple(parse_peers(args.sync_hosts))
         except ValueError as exc:
             raise ConfigError(f"-M: {exc}") from None
-    return ClusterSettings(args.sync_node, redis, key, listen, peers, _handover(args))
+    return ClusterSettings(args.sync_node, redis, key, listen, peers, _handover(args),
+                           health_needs_sync=args.health_needs_sync,
+                           anycast_tcp=_anycast_tcp(args, key, redis))

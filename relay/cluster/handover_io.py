@@ -232,11 +232,11 @@ class HandoverService:
         return st
 
 
-def check_address(text: str) -> str:
+def check_address(text: str, option: str = "--handover") -> str:
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:
-        raise ConfigError(f"--handover {text!r}: give this node's unicast IP address") from None
+        raise ConfigError(f"{option} {text!r}: give this node's unicast IP address") from None
     if addr.is_multicast or addr.is_unspecified or addr.is_loopback:
-        raise ConfigError(f"--handover {text}: give this node's unicast IP address")
+        raise ConfigError(f"{option} {text}: give this node's unicast IP address")
     return str(addr)

@@ -5,6 +5,7 @@ allocator becomes the shared one, and open tunnel mode gets the handover between
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 
 from relay.cluster import handover as ho
 from relay.cluster.anytun_sync_io import SyncConnector, SyncListener
@@ -13,6 +14,7 @@ from relay.cluster.handover_io import HandoverService
 from relay.cluster.records import NODE_RE, Store
 from relay.cluster.service import ClusterSync
 from relay.cluster.settings import ClusterSettings
+from relay.cluster.tcp_forward_io import AnycastTcpService
 from relay.rtpproxy.server import RtpproxyService
 from relay.runtime.errors import ConfigError
 from relay.tunnel.node import TunnelNode
@@ -37,6 +39,7 @@ def build(settings: ClusterSettings, sender_id: int) -> ClusterSync:
         except ValueError as exc:
             raise ConfigError(f"--sync: {exc}") from None
     svc = ClusterSync(Store(node), backend, cluster_key=settings.cluster_key)
+    svc.health_needs_backend = settings.health_needs_sync
     if settings.anytun_listen is not None:
         port, host = settings.anytun_listen
         svc.anytun_listener = SyncListener(port, host, svc.anytun_dump)
@@ -53,9 +56,11 @@ def base_spec(tunnel: TunnelNode) -> ConnectionSpec:
 
 
 def attach(settings: ClusterSettings, tunnel: TunnelNode | None,
-           relay: RtpproxyService | None) -> tuple[ClusterSync, HandoverService | None]:
+           relay: RtpproxyService | None
+           ) -> tuple[ClusterSync, HandoverService | None, AnycastTcpService | None]:
     """The cluster service (it starts first, so the tables hold the cluster's state before
-    traffic, and stops last) and the handover (started right after open tunnel mode)."""
+    traffic, and stops last), the handover (started right after open tunnel mode) and full
+    anycast TCP (started right after the tunnel endpoint, whose transport it serves)."""
     if tunnel is None and relay is None:
         raise ConfigError("cluster options need a tunnel server or relay mode to share")
     sender = tunnel.settings.node.sender_id if tunnel is not None else 0
@@ -66,7 +71,8 @@ def attach(settings: ClusterSettings, tunnel: TunnelNode | None,
         svc.attach_sessions(relay.table)
         first, last = relay.config.port_range
         relay.allocator = svc.backend.port_allocator(first, last)
-    return svc, _handover(settings, tunnel, relay, svc, sender)
+    return (svc, _handover(settings, tunnel, relay, svc, sender),
+            _anycast_tcp(settings, tunnel, svc, sender))
 
 
 def _handover(settings: ClusterSettings, tunnel: TunnelNode | None,
@@ -99,3 +105,27 @@ def _handover(settings: ClusterSettings, tunnel: TunnelNode | None,
             raise ConfigError(f"--handover-ports {opts.ports[0]}-{opts.ports[1]} overlap "
                               f"{what} ({lo}-{hi})")
     return HandoverService(svc, tunnel.endpoint, nat, opts, sender)
+
+
+def _anycast_tcp(settings: ClusterSettings, tunnel: TunnelNode | None, svc: ClusterSync,
+                 sender: int) -> AnycastTcpService | None:
+    opts = settings.anycast_tcp
+    if opts is None:
+        return None
+    if tunnel is None:
+        raise ConfigError("--anycast-tcp needs a tunnel (its anycast-tcp transport, or "
+                          "--anycast-tcp-ports for the other services of the node)")
+    node = tunnel.settings.node
+    anycast = opts.anycast or ((node.interface,) if node.interface else ())
+    if not anycast:
+        raise ConfigError("--anycast-tcp: which is the anycast address? Give -i ([node] "
+                          "interface in the config file) or --anycast-tcp-address")
+    if "anycast-tcp" not in node.transports and not opts.ports:
+        raise ConfigError("--anycast-tcp has nothing to keep: list anycast-tcp among the "
+                          "transports, or give --anycast-tcp-ports")
+    if opts.address in anycast:
+        raise ConfigError(f"--anycast-tcp {opts.address} is the anycast address: give this "
+                          "node's own unicast address")
+    assert settings.cluster_key is not None
+    return AnycastTcpService(svc, replace(opts, anycast=tuple(anycast)), sender,
+                             settings.cluster_key, endpoint=tunnel.endpoint)

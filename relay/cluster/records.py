@@ -40,7 +40,8 @@ from typing import Any
 
 from relay.runtime.errors import RelayError
 
-LWW_KINDS = ("connection", "endpoint", "route", "session", "translation", "node")
+LWW_KINDS = ("connection", "endpoint", "route", "session", "translation", "node", "tcpconn",
+             "tcpnode")
 JOIN_KINDS = ("progress",)
 KINDS = LWW_KINDS + JOIN_KINDS
 SEQ_SPACE = 1 << 32

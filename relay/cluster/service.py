@@ -76,6 +76,7 @@ class ClusterSync:
         self.anytun_listener: SyncListener | None = None
         self.anytun_connector: SyncConnector | None = None
         self.configured: set[int] = set()
+        self.health_needs_backend = False    # --health-needs-sync
         self.learned: set[int] = set()
         self.keyless: set[int] = set()
         self._unsubscribe: list[Callable[[], None]] = []
@@ -142,6 +143,12 @@ class ClusterSync:
         deadline = self.monotonic() + 2
         while pending and self.monotonic() < deadline:
             await asyncio.sleep(0.02)
+
+    def health(self) -> list[str]:
+        if not self.health_needs_backend or getattr(self.backend, "connected", True):
+            return []
+        err = getattr(self.backend, "last_error", "") or "not connected"
+        return [f"{self.backend.name} backend unreachable ({err})"]
 
     def status(self) -> dict:
         st = {"node": self.store.node, "records": len(self.store),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from relay.cluster.handover_io import HandoverOptions
 from relay.cluster.secrets import ClusterKey
+from relay.cluster.tcp_forward_io import AnycastTcpOptions
 
 
 @dataclass(frozen=True)
@@ -27,3 +28,5 @@ class ClusterSettings:
     anytun_listen: tuple[int, str | None] | None = None   # -S port, -I address
     anytun_peers: tuple[tuple[str, int], ...] = ()        # -M
     handover: HandoverOptions | None = None
+    health_needs_sync: bool = False          # unhealthy while the backend is unreachable
+    anycast_tcp: AnycastTcpOptions | None = None

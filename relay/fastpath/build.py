@@ -14,7 +14,7 @@ from pathlib import Path
 import cffi
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("satp.c", "replay.c", "offload.c", "engine.c", "rtp.c")
+SOURCES = ("satp.c", "replay.c", "offload.c", "engine.c", "rtp.c", "anycast_framing.c")
 HEADERS = ("fastpath.h", "internal.h")
 C_FLAGS = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-O2", "-D_GNU_SOURCE", "-pthread",
            "-fvisibility=hidden", "-fno-strict-aliasing"]

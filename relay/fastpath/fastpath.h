@@ -185,6 +185,47 @@ int fp_rtp_event_fd(fp_rtp *r);
 int fp_rtp_next_event(fp_rtp *r, int *id, uint8_t *src, uint32_t *src_len);
 /* Accept events lost because Python fell behind (it resynchronises on the next re-wiring). */
 uint64_t fp_rtp_overflow(fp_rtp *r);
+/* Recording: with `on`, the leg copies every packet it accepts into a bounded ring (the packet
+ * is forwarded either way; a copy that finds the ring full is counted as lost). */
+int fp_rtp_leg_record(fp_rtp *r, int id, int on);
+/* Becomes readable when a quarter of the ring waits to be drained. */
+int fp_rtp_record_fd(fp_rtp *r);
+/* The next recorded packet: 1 with leg id, CLOCK_REALTIME ns, source and payload (cut to
+ * `cap`), or 0 when none waits. */
+int fp_rtp_record_next(fp_rtp *r, int *id, uint64_t *ts_ns, uint8_t *src, uint32_t *src_len,
+                       uint8_t *data, uint32_t cap, uint32_t *len);
+uint64_t fp_rtp_record_lost(fp_rtp *r);
+
+/* ---- anycast-tcp framing (semantics of relay/transport/anycast_framing.py) ----------------- */
+
+/* 0xA7 | type | length (u16) | body: type 'S' a SATP datagram, 'K' a keep-alive whose body is
+ * the sender's interval in ms (u32). A receiver that lost the frame boundary searches for a
+ * candidate whose datagram authenticates (check returns 1; 0 = no, -1 = cannot tell) or,
+ * when that cannot be told, whose next frame's header is valid too. */
+#define FP_ATCP_HEADER 4
+#define FP_ATCP_KEEPALIVE_LEN 8
+enum fp_atcp_result { FP_ATCP_MORE = 0, FP_ATCP_DATAGRAM = 1, FP_ATCP_KEEPALIVE = 2,
+                      FP_ATCP_SKIP = 3 };
+
+typedef int (*fp_atcp_check_fn)(void *ctx, const uint8_t *dgram, size_t len);
+
+typedef struct fp_atcp {
+    int synced;
+    size_t max_body;
+    uint64_t resyncs, skipped, keepalives, frames;
+    uint32_t peer_interval_ms;
+} fp_atcp;
+
+void fp_atcp_init(fp_atcp *st, int synced, size_t max_body);
+/* The header in front of a datagram of dglen bytes (FP_ATCP_HEADER bytes), or 0 when dglen
+ * does not fit a frame. */
+size_t fp_atcp_encode(uint8_t *hdr, size_t dglen);
+size_t fp_atcp_keepalive(uint8_t *out, uint32_t interval_ms);
+/* One step over buf[0..avail): MORE (keep the bytes, wait); DATAGRAM (the datagram at
+ * buf + *off, *len bytes); KEEPALIVE; SKIP (no frame: drop the bytes). *consumed = bytes of
+ * buf used up. At most one check per marker byte; never reads past avail. */
+int fp_atcp_decode(fp_atcp *st, const uint8_t *buf, size_t avail, size_t *off, size_t *len,
+                   size_t *consumed, fp_atcp_check_fn check, void *ctx);
 
 /* ---- offloads, reachable for tests ------------------------------------------------------ */
 

@@ -12,6 +12,11 @@
  * it through an event queue to do the bookkeeping (record, log, tell the cluster, re-wire).
  * Everything else is dropped here. Counters per leg are collected in bulk.
  *
+ * Recording: a leg with `record` set also copies each packet it accepts (before forwarding it)
+ * into one bounded ring that Python drains into the call's pcap file. A full ring costs the
+ * copy, never the packet: it is forwarded and the lost copy counted. Legs that do not record
+ * pay one test of a flag per packet; the ring is allocated when the first leg records.
+ *
  * Legs live in pages that are never moved, so workers read them without a table lock; each
  * leg has its own mutex (held by a worker while it processes the leg, so removal waits for a
  * batch in flight) and a generation that stale epoll events are checked against.
@@ -37,6 +42,8 @@
 #define MAX_PAGES 1024 /* 262144 legs */
 #define EVENT_SLOTS 4096
 #define MAX_WORKERS 8
+#define REC_SLOTS 4096
+#define REC_WAKE (REC_SLOTS / 4) /* Python is woken when this many copies wait */
 
 typedef struct rleg {
     pthread_mutex_t mu;
@@ -51,6 +58,7 @@ typedef struct rleg {
     socklen_t src_len;
     int ask;                      /* other sources: FP_ASK_* */
     int sticky;                   /* the first source accepted becomes the only one */
+    int record;                   /* copy accepted packets into the recording ring */
     struct sockaddr_storage ask_host[2];
     socklen_t ask_len[2];
     _Atomic uint64_t got, relayed, dropped, bytes_in, bytes_out, last_ns;
@@ -63,6 +71,16 @@ typedef struct accept_event {
     socklen_t src_len;
     struct sockaddr_storage src;
 } accept_event;
+
+typedef struct rec_slot {
+    int id;
+    uint32_t gen;
+    uint64_t ts_ns; /* CLOCK_REALTIME */
+    socklen_t src_len;
+    struct sockaddr_storage src;
+    uint32_t len;
+    uint8_t data[BUF];
+} rec_slot;
 
 typedef struct worker {
     pthread_t th;
@@ -86,6 +104,10 @@ struct fp_rtp {
     accept_event *events;
     int ev_head, ev_count;
     _Atomic uint64_t ev_overflow;
+    pthread_mutex_t rec_mu;
+    rec_slot *rec;
+    int rec_head, rec_count, rec_fd;
+    _Atomic uint64_t rec_lost;
 };
 
 static uint64_t mono_ns(void) {
@@ -153,6 +175,35 @@ static void push_event(fp_rtp *r, int id, uint32_t gen, const struct sockaddr_st
     }
 }
 
+/* A copy of an accepted packet for the recording (called with the leg's mutex held). */
+static void record_push(fp_rtp *r, int id, uint32_t gen, const struct sockaddr_storage *src,
+                        socklen_t src_len, const uint8_t *data, size_t len) {
+    int wake = 0, queued = 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    pthread_mutex_lock(&r->rec_mu);
+    if (r->rec && r->rec_count < REC_SLOTS) {
+        rec_slot *it = &r->rec[(r->rec_head + r->rec_count) % REC_SLOTS];
+        it->id = id;
+        it->gen = gen;
+        it->ts_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+        memcpy(&it->src, src, src_len);
+        it->src_len = src_len;
+        it->len = (uint32_t)len;
+        memcpy(it->data, data, len);
+        wake = ++r->rec_count == REC_WAKE;
+        queued = 1;
+    }
+    pthread_mutex_unlock(&r->rec_mu);
+    if (!queued)
+        atomic_fetch_add(&r->rec_lost, 1);
+    if (wake) {
+        uint64_t one = 1;
+        ssize_t w = write(r->rec_fd, &one, sizeof(one));
+        (void)w;
+    }
+}
+
 typedef struct wbufs {
     uint8_t data[BATCH][BUF];
     struct iovec iov[BATCH], out_iov[BATCH];
@@ -194,6 +245,8 @@ static void forward_batch(fp_rtp *r, rleg *l, int id, wbufs *b) {
                 l->ask = FP_ASK_NONE;
             push_event(r, id, l->gen, &b->from[i], fl);
         }
+        if (l->record)
+            record_push(r, id, l->gen, &b->from[i], fl, b->data[i], len);
         if (!wired) {
             dropped++;
             continue;
@@ -279,10 +332,14 @@ void fp_rtp_stop(fp_rtp *r) {
         close(r->stop_fd);
     if (r->ev_fd >= 0)
         close(r->ev_fd);
+    if (r->rec_fd >= 0)
+        close(r->rec_fd);
     free(r->free_ids);
     free(r->events);
+    free(r->rec);
     pthread_mutex_destroy(&r->table_mu);
     pthread_mutex_destroy(&r->ev_mu);
+    pthread_mutex_destroy(&r->rec_mu);
     free(r);
 }
 
@@ -298,13 +355,15 @@ fp_rtp *fp_rtp_start(int workers, char *err, size_t errlen) {
     }
     pthread_mutex_init(&r->table_mu, NULL);
     pthread_mutex_init(&r->ev_mu, NULL);
+    pthread_mutex_init(&r->rec_mu, NULL);
     r->nworkers = workers;
     r->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     r->ev_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    r->rec_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     r->events = calloc(EVENT_SLOTS, sizeof(accept_event));
     for (int i = 0; i < workers; i++)
         r->w[i].ep = -1;
-    if (r->stop_fd < 0 || r->ev_fd < 0 || !r->events) {
+    if (r->stop_fd < 0 || r->ev_fd < 0 || r->rec_fd < 0 || !r->events) {
         snprintf(err, errlen, "cannot set up: %s", strerror(errno));
         fp_rtp_stop(r);
         return NULL;
@@ -368,6 +427,7 @@ int fp_rtp_leg_add(fp_rtp *r, int fd) {
     l->dest_len = l->src_len = 0;
     l->ask = FP_ASK_NONE; /* until Python wires it, nothing is forwarded */
     l->sticky = 1;
+    l->record = 0;
     l->ask_len[0] = l->ask_len[1] = 0;
     atomic_store(&l->got, 0);
     atomic_store(&l->relayed, 0);
@@ -486,3 +546,51 @@ int fp_rtp_next_event(fp_rtp *r, int *id, uint8_t *src, uint32_t *src_len) {
 }
 
 uint64_t fp_rtp_overflow(fp_rtp *r) { return atomic_load(&r->ev_overflow); }
+
+int fp_rtp_leg_record(fp_rtp *r, int id, int on) {
+    rleg *l = leg_at(r, id);
+    if (!l)
+        return -EINVAL;
+    if (on) {
+        pthread_mutex_lock(&r->rec_mu);
+        if (!r->rec)
+            r->rec = malloc(sizeof(rec_slot) * REC_SLOTS);
+        int ok = r->rec != NULL;
+        pthread_mutex_unlock(&r->rec_mu);
+        if (!ok)
+            return -ENOMEM;
+    }
+    pthread_mutex_lock(&l->mu);
+    int used = l->used;
+    if (used)
+        l->record = on ? 1 : 0;
+    pthread_mutex_unlock(&l->mu);
+    return used ? 0 : -ENOENT;
+}
+
+int fp_rtp_record_fd(fp_rtp *r) { return r->rec_fd; }
+
+int fp_rtp_record_next(fp_rtp *r, int *id, uint64_t *ts_ns, uint8_t *src, uint32_t *src_len,
+                       uint8_t *data, uint32_t cap, uint32_t *len) {
+    int got = 0;
+    pthread_mutex_lock(&r->rec_mu);
+    while (r->rec_count && !got) {
+        rec_slot *it = &r->rec[r->rec_head];
+        r->rec_head = (r->rec_head + 1) % REC_SLOTS;
+        r->rec_count--;
+        rleg *l = leg_at(r, it->id);
+        if (!l || l->gen != it->gen)
+            continue; /* the leg went away meanwhile */
+        *id = it->id;
+        *ts_ns = it->ts_ns;
+        memcpy(src, &it->src, it->src_len);
+        *src_len = it->src_len;
+        *len = it->len < cap ? it->len : cap;
+        memcpy(data, it->data, *len);
+        got = 1;
+    }
+    pthread_mutex_unlock(&r->rec_mu);
+    return got;
+}
+
+uint64_t fp_rtp_record_lost(fp_rtp *r) { return atomic_load(&r->rec_lost); }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import socket
 
 from relay.rtpproxy.ports import parse_port_range
@@ -18,8 +19,9 @@ DEFAULT_TIMEOUT = 60.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group(
-        "relay mode (rtpproxy protocol)",
-        "A media relay that SIP proxies (Kamailio/OpenSIPS rtpproxy module) control.")
+        "relay mode (rtpproxy and ng protocols)",
+        "A media relay that SIP proxies control: Kamailio/OpenSIPS through their rtpproxy "
+        "module (--rtpproxy) or their rtpengine module (--listen-ng).")
     g.add_argument("--rtpproxy", action="append", metavar="SPEC", default=None,
                    help="control socket: udp:ADDR[:PORT], udp6:[ADDR][:PORT] or unix:/PATH "
                    f"(port {DEFAULT_CONTROL_PORT} by default; repeatable)")
@@ -40,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="permissions of unix: control sockets (default 0660)")
     g.add_argument("--rtpproxy-socket-group", metavar="GROUP", default=None,
                    help="group of unix: control sockets (e.g. kamailio)")
+    g.add_argument("--listen-ng", action="append", metavar="[ADDR:]PORT", default=None,
+                   help="also (or instead) speak rtpengine's ng protocol on this UDP address, "
+                   "for the rtpengine module of Kamailio/OpenSIPS (e.g. 127.0.0.1:2223, "
+                   "[::1]:2223; a port alone listens on every IPv4 address; repeatable)")
+    g.add_argument("--recording-dir", metavar="DIR", default=None,
+                   help="where calls recorded through the ng protocol (record-call, start "
+                   "recording) are written, one pcap file per call")
 
 
 def parse_control(text: str) -> ControlSpec:
@@ -91,6 +100,36 @@ def _split_host_port(rest: str, v6: bool, text: str) -> tuple[str, int]:
     return str(infos[0][4][0]), port
 
 
+def parse_ng(text: str) -> ControlSpec:
+    """rtpengine's --listen-ng spelling: PORT, ADDR:PORT, [ADDR6]:PORT or HOSTNAME:PORT."""
+    rest = text.strip()
+    if rest.isdigit():
+        rest = f"0.0.0.0:{rest}"
+    v6 = rest.startswith("[")
+    host = rest[1:].partition("]")[0] if v6 else rest.rpartition(":")[0]
+    port = rest.rpartition(":")[2]
+    if not host or not port.isdigit():
+        raise ConfigError(f"--listen-ng {text!r}: expected [ADDR:]PORT, e.g. 127.0.0.1:2223")
+    try:
+        v6 = v6 or ipaddress.ip_address(host).version == 6
+    except ValueError:
+        pass
+    try:
+        h, n = _split_host_port(f"[{host}]:{port}" if v6 else f"{host}:{port}", v6, text)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("--rtpproxy", "--listen-ng")) from None
+    return ControlSpec("udp6" if v6 else "udp", host=h, port=n)
+
+
+def parse_recording_dir(text: str) -> str:
+    path = os.path.abspath(text)
+    if not os.path.isdir(path):
+        raise ConfigError(f"--recording-dir {text}: no such directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--recording-dir {text}: not writable by this user")
+    return path
+
+
 def parse_relay_address(text: str) -> str:
     try:
         addr = ipaddress.ip_address(text.strip("[]"))
@@ -104,22 +143,28 @@ def parse_relay_address(text: str) -> str:
 
 def settings_from_args(args: argparse.Namespace) -> RelayConfig | None:
     """Relay mode as the command line describes it, or None if it asks for none."""
-    controls = getattr(args, "rtpproxy", None)
+    controls = getattr(args, "rtpproxy", None) or []
+    ng_controls = getattr(args, "listen_ng", None) or []
     extras = [name for name, value in (
         ("--rtp-address", args.rtp_address), ("--rtp-ports", args.rtp_ports),
         ("--rtp-timeout", args.rtp_timeout), ("--rtp-latch", args.rtp_latch),
         ("--rtpproxy-socket-mode", args.rtpproxy_socket_mode),
-        ("--rtpproxy-socket-group", args.rtpproxy_socket_group)) if value is not None]
-    if not controls:
+        ("--rtpproxy-socket-group", args.rtpproxy_socket_group),
+        ("--recording-dir", args.recording_dir)) if value is not None]
+    if not controls and not ng_controls:
         if extras:
-            raise ConfigError(f"{extras[0]} belongs to relay mode: add --rtpproxy udp:ADDR:PORT")
+            raise ConfigError(f"{extras[0]} belongs to relay mode: add --rtpproxy udp:ADDR:PORT "
+                              "or --listen-ng ADDR:PORT")
         return None
     specs = [parse_control(c) for c in controls]
-    seen = set()
-    for spec in specs:
-        if str(spec) in seen:
-            raise ConfigError(f"--rtpproxy {spec} given twice")
-        seen.add(str(spec))
+    ng_specs = [parse_ng(c) for c in ng_controls]
+    seen: set[tuple] = set()
+    for spec, option in [*((s, "--rtpproxy") for s in specs),
+                         *((s, "--listen-ng") for s in ng_specs)]:
+        where = (spec.kind.rstrip("6"), spec.host, spec.port, spec.path)
+        if where in seen:
+            raise ConfigError(f"{option} {spec}: that socket is given twice")
+        seen.add(where)
     if not args.rtp_address:
         raise ConfigError("relay mode needs --rtp-address ADDR (the address media is relayed "
                           "on; in production the anycast address)")
@@ -146,4 +191,6 @@ def settings_from_args(args: argparse.Namespace) -> RelayConfig | None:
                               "mode such as 0660")
     return RelayConfig(controls=specs, addresses=addresses, port_range=port_range,
                        timeout=timeout, latch=args.rtp_latch or "ip", socket_mode=mode,
-                       socket_group=args.rtpproxy_socket_group)
+                       socket_group=args.rtpproxy_socket_group, ng_controls=ng_specs,
+                       recording_dir=parse_recording_dir(args.recording_dir)
+                       if args.recording_dir else None)

@@ -99,13 +99,19 @@ class Controller:
 
     # -- U / L ------------------------------------------------------------------------------------
     def _update(self, cmd: p.Update, now: float) -> str:
+        viewer = self.update(cmd, now)
+        return "0" if viewer is None else p.format_port(viewer.port, viewer.local)
+
+    def update(self, cmd: p.Update, now: float) -> Party | None:
+        """U or L (also for the ng protocol): the party whose relay pair goes into the SDP the
+        other side sees, or None for an L on an unknown session. Raises CommandError."""
         first = cmd.from_tag.name
         second = cmd.to_tag.name if cmd.to_tag else None
         s = self.table.find(cmd.call_id, cmd.media, (first, second or ""))
         if cmd.lookup:
             if s is None:
                 log.info("L for unknown session %s %s/%s", cmd.call_id, first, second)
-                return "0"
+                return None
             assert second is not None
             target = s.locate(second, first)
             reason = "answer"
@@ -120,10 +126,9 @@ class Controller:
             reason = "hold" if target.hold else "resume"
         s.last_active = now
         self.table.changed(s, reason)
-        viewer = s.peer(target)
-        return p.format_port(viewer.port, viewer.local)
+        return s.peer(target)
 
-    def _create(self, cmd: p.Update, now: float) -> str:
+    def _create(self, cmd: p.Update, now: float) -> Party:
         if not self.accepting:
             raise p.CommandError(99, "shutting down, no new sessions")
         fam = family(cmd.address)
@@ -149,7 +154,7 @@ class Controller:
         s = Session(cmd.call_id, cmd.media, a, b)
         self._signal(s, a, cmd, reopen=False)
         self.table.add(s, now)
-        return p.format_port(port_b, other)
+        return b
 
     def _signal(self, s: Session, party: Party, cmd: p.Update, reopen: bool = True) -> None:
         hold = cmd.address in HOLD_ADDRESSES or cmd.port == 0

@@ -11,6 +11,10 @@ sight. C forwards those at once and reports them; the report goes through the pa
 learned address), exactly as when Python saw the packet itself.
 Python is never on the packet path.
 
+Recording: a leg of a recording session has its C record flag set; C copies what the leg
+accepts into a bounded ring, drained here (on the ring's eventfd and with the counters) into
+the parent's `recorder`. Copies the ring could not hold are reported in `totals()`.
+
 Counters are collected from C a few times a second into the party counters, totals and
 `last_active` the parent keeps (so `I`/`Q` and the idle timeout work as before, at most
 SYNC_INTERVAL late; `totals()` collects first).
@@ -22,6 +26,7 @@ RELAY_FASTPATH_MEDIA is not 0), else the parent.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -30,7 +35,7 @@ from relay import fastpath
 from relay.fastpath import ffi, lib
 from relay.rtpproxy.media import Leg, MediaEngine
 from relay.rtpproxy.ports import PortAllocator
-from relay.rtpproxy.sessions import Session, SessionTable
+from relay.rtpproxy.sessions import Change, Session, SessionTable
 
 log = logging.getLogger("anytun-relay.rtpproxy")
 
@@ -77,7 +82,14 @@ class FastMediaEngine(MediaEngine):
         self._ev_len = ffi.new("uint32_t *")
         self._ev_id = ffi.new("int *")
         self._collect = ffi.new("fp_rtp_counters[]", MAX_COLLECT)
+        self._rec_id = ffi.new("int *")
+        self._rec_ts = ffi.new("uint64_t *")
+        self._rec_src = ffi.new("uint8_t[]", 128)
+        self._rec_src_len = ffi.new("uint32_t *")
+        self._rec_buf = ffi.new("uint8_t[]", 2048)
+        self._rec_len = ffi.new("uint32_t *")
         real.add_reader(lib.fp_rtp_event_fd(ptr), self._on_accept)
+        real.add_reader(lib.fp_rtp_record_fd(ptr), self._on_records)
         self._timer: asyncio.TimerHandle | None = real.call_later(SYNC_INTERVAL, self._tick)
 
     # -- legs ---------------------------------------------------------------------------------
@@ -96,6 +108,7 @@ class FastMediaEngine(MediaEngine):
         if lid is None:
             return
         self._sync_counters()  # what the leg did before it goes
+        self._drain_records()  # and what it recorded, while the leg still knows its session
         lib.fp_rtp_leg_remove(self._rtp, lid)
         self._legs.pop(lid, None)
         self._seen.pop(lid, None)
@@ -117,6 +130,9 @@ class FastMediaEngine(MediaEngine):
         sticky = 0 if leg.party is not None and leg.party.asymmetric else 1
         lib.fp_rtp_leg_set(self._rtp, lid, out_fd, dest, len(dest), src, len(src), ask, sticky,
                            h[0], len(h[0]), h[1], len(h[1]))
+        if lib.fp_rtp_leg_record(self._rtp, lid, 1 if leg.record else 0) == -errno.ENOMEM:
+            log.error("no memory for the recording ring: call %s is not recorded",
+                      leg.session.call_id if leg.session else "?")
 
     def _ask(self, leg: Leg) -> tuple[int, list[str]]:
         """Which other sources relay.rtpproxy.sessions.admit might accept (C drops the rest):
@@ -137,6 +153,11 @@ class FastMediaEngine(MediaEngine):
         if leg.rtcp and party.latched is not None:
             hosts.append(party.latched[0])
         return (ASK_HOSTS, hosts) if hosts else (ASK_NONE, [])
+
+    def on_change(self, change: Change) -> None:
+        # copies waiting in the ring go out first: the recorder may close the call's file next
+        self._drain_records()
+        super().on_change(change)
 
     def _wire(self, s: Session) -> None:
         super()._wire(s)
@@ -163,9 +184,36 @@ class FastMediaEngine(MediaEngine):
                 self._admit(leg, src)  # records and announces the latch, re-wires
             self._push(leg)  # C follows Python's view (also if admit changed its mind)
 
+    # -- recorded packets -----------------------------------------------------------------------
+    def _on_records(self) -> None:
+        try:
+            os.read(lib.fp_rtp_record_fd(self._rtp), 8)
+        except BlockingIOError:
+            pass
+        self._drain_records()
+
+    def _drain_records(self) -> None:
+        if self._rtp is None:
+            return
+        for _ in range(16384):  # one ring and then some; the rest waits for the next call
+            if not lib.fp_rtp_record_next(self._rtp, self._rec_id, self._rec_ts, self._rec_src,
+                                          self._rec_src_len, self._rec_buf, 2048,
+                                          self._rec_len):
+                return
+            leg = self._legs.get(self._rec_id[0])
+            if leg is None or leg.session is None or self.recorder is None:
+                continue
+            src = fastpath.parse_sockaddr(bytes(ffi.buffer(self._rec_src,
+                                                           self._rec_src_len[0])))
+            if src is not None:
+                self.recorder(leg.session.call_id, src, leg.local,
+                              bytes(ffi.buffer(self._rec_buf, self._rec_len[0])),
+                              self._rec_ts[0] / 1e9)
+
     # -- counters -------------------------------------------------------------------------------
     def _tick(self) -> None:
         try:
+            self._drain_records()
             self._sync_counters()
         finally:
             if self._rtp is not None:
@@ -198,6 +246,7 @@ class FastMediaEngine(MediaEngine):
         out = super().totals()
         out["engine"] = "c"  # type: ignore[assignment]
         out["accept_events_lost"] = lib.fp_rtp_overflow(self._rtp) if self._rtp else 0
+        out["recording_copies_lost"] = lib.fp_rtp_record_lost(self._rtp) if self._rtp else 0
         return out
 
     def close(self) -> None:
@@ -207,6 +256,7 @@ class FastMediaEngine(MediaEngine):
         super().close()  # detaches every leg and closes the sockets
         if self._rtp is not None:
             self.loop.remove_reader(lib.fp_rtp_event_fd(self._rtp))
+            self.loop.remove_reader(lib.fp_rtp_record_fd(self._rtp))
             lib.fp_rtp_stop(self._rtp)
             self._rtp = None
 

@@ -21,6 +21,7 @@ import asyncio
 import errno
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 from relay.rtpproxy.ports import PortAllocator
@@ -37,12 +38,16 @@ RCVBUF = 256 * 1024
 class Leg:
     """One relay socket (RTP or RTCP of one party) and where its packets go."""
 
-    __slots__ = ("dest", "out", "party", "peer", "rtcp", "session", "sock", "src_ok", "v6")
+    __slots__ = ("dest", "local", "out", "party", "peer", "record", "rtcp", "session", "sock",
+                 "src_ok", "v6")
 
-    def __init__(self, sock: socket.socket, rtcp: bool, v6: bool) -> None:
+    def __init__(self, sock: socket.socket, rtcp: bool, v6: bool,
+                 local: tuple[str, int] = ("", 0)) -> None:
         self.sock = sock
         self.rtcp = rtcp
         self.v6 = v6
+        self.local = local                     # the relay address and port of this socket
+        self.record = False                    # copy accepted packets to the recorder
         self.session: Session | None = None
         self.party: Party | None = None       # who sends to this socket
         self.peer: Party | None = None        # who gets what arrives here
@@ -81,6 +86,10 @@ class MediaEngine:
         self.received = 0
         self.relayed = 0
         self.dropped = 0
+        # recording: called with (call-id, source, relay address, payload, wall-clock time) for
+        # each packet a recording session's party sends (recording.Recordings.packet)
+        self.recorder: Callable[[str, tuple[str, int], tuple[str, int], bytes, float],
+                                None] | None = None
         self._unsubscribe = table.subscribe(self.on_change)
 
     # -- port source (used by the controller) -------------------------------------------------
@@ -136,7 +145,8 @@ class MediaEngine:
             for s in socks:
                 s.close()
             raise
-        return _Pair(local, port, Leg(socks[0], False, v6), Leg(socks[1], True, v6))
+        return _Pair(local, port, Leg(socks[0], False, v6, (local, port)),
+                     Leg(socks[1], True, v6, (local, port + 1)))
 
     def _adopt(self, local: str, port: int) -> _Pair | None:
         """Open a pair a peer node chose (the session was copied to this node)."""
@@ -190,6 +200,7 @@ class MediaEngine:
                 leg.dest = peer.destination(leg.rtcp)
                 learned = party.latched_rtcp if leg.rtcp else party.latched
                 leg.src_ok = None if party.asymmetric else _src_tuple(learned, leg.v6)
+                leg.record = s.recording and self.recorder is not None
 
     # -- the packet path ----------------------------------------------------------------------
     def attach_leg(self, leg: Leg) -> None:
@@ -225,6 +236,8 @@ class MediaEngine:
             if src != leg.src_ok and not self._admit(leg, src):
                 dropped += 1
                 continue
+            if leg.record and self.recorder is not None:
+                self.recorder(session.call_id, src[:2], leg.local, bytes(view[:n]), time.time())
             dest, out = leg.dest, leg.out
             if dest is None or out is None:
                 dropped += 1

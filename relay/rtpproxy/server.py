@@ -1,6 +1,11 @@
 """Relay mode as a daemon service: control servers (UDP, UDP6, Unix stream) around the
 controller, the media engine, and the idle-session collector.
 
+Two control protocols drive the same session table, ports and media path: the rtpproxy
+protocol (`--rtpproxy`) and rtpengine's ng protocol (`--listen-ng`, relay.rtpproxy.ng), so
+one daemon can serve proxies with either module at once. With `--recording-dir` the ng
+protocol's record-call and start/stop recording write pcap files (relay.rtpproxy.recording).
+
 Over UDP a SIP proxy retransmits a command (same cookie) when a reply is late; the last replies
 are remembered per (client, cookie) and sent again unchanged instead of running the command
 twice. A Unix stream connection carries one command (Kamailio writes it without a newline and
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import hashlib
 import ipaddress
 import logging
 import os
@@ -21,11 +27,12 @@ import stat
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from relay.rtpproxy import protocol
+from relay.rtpproxy import ng, protocol
 from relay.rtpproxy.commands import Controller
 from relay.rtpproxy.fastmedia import media_engine
 from relay.rtpproxy.media import MediaEngine
 from relay.rtpproxy.ports import PairAllocator, PortAllocator
+from relay.rtpproxy.recording import Recordings
 from relay.rtpproxy.sessions import Change, SessionTable
 from relay.runtime.errors import ConfigError
 
@@ -63,6 +70,8 @@ class RelayConfig:
     node: str = field(default_factory=socket.gethostname)
     socket_mode: int = 0o660
     socket_group: str | None = None
+    ng_controls: list[ControlSpec] = field(default_factory=list)   # --listen-ng (udp, udp6)
+    recording_dir: str | None = None
 
 
 class ReplyCache:
@@ -128,6 +137,18 @@ class _UdpControl(asyncio.DatagramProtocol):
         log.debug("control socket error: %s", exc)
 
 
+class _NgControl(_UdpControl):
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        try:
+            reply = self.service.handle_ng(data, addr)
+        except Exception:  # a bug must cost one reply, never the control socket
+            log.exception("ng datagram from %s failed", _peer(addr))
+            parts = ng.split_datagram(data)
+            reply = ng.format_reply(parts[0] if parts else b"", ng.error("internal error"))
+        if self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+
 class RtpproxyService:
     """The `rtpproxy` service of anytun-relay. `table` and `allocator` exist from construction,
     so a cluster service can subscribe to the table and swap the allocator before start()."""
@@ -140,11 +161,14 @@ class RtpproxyService:
         self.allocator: PortAllocator = allocator or PairAllocator(*config.port_range)
         self.media: MediaEngine | None = None
         self.controller: Controller | None = None
+        self.ng: ng.NgController | None = None
+        self.recordings: Recordings | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._transports: list[asyncio.DatagramTransport] = []
         self._unix_paths: list[str] = []
         self._gc: asyncio.Task | None = None
         self._cache = ReplyCache()
+        self._ng_cache = ReplyCache(size=1024)  # keyed by digests: SDPs make large datagrams
         self._throttle = LogThrottle()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commands = 0
@@ -160,10 +184,16 @@ class RtpproxyService:
         self.controller = Controller(self.table, self.media, self.config.addresses,
                                      allocator=self.allocator, totals=self.media.totals)
         self.controller.on_refused = self._refused
+        if self.config.recording_dir:  # after the media engine: it drains a leg before a close
+            self.recordings = Recordings(self.table, self.config.recording_dir)
+            self.media.recorder = self.recordings.packet
+        self.ng = ng.NgController(self.controller, recording=self.recordings is not None)
         self.table.subscribe(self._log_change)
         try:
             for spec in self.config.controls:
                 await self._listen(spec)
+            for spec in self.config.ng_controls:
+                await self._listen(spec, ng=True)
         except BaseException:
             await self.stop()
             raise
@@ -171,14 +201,16 @@ class RtpproxyService:
         first, last = self.config.port_range
         names = ["internal (I)", "external (E)"]
         log.info("relay mode: control on %s; relay addresses %s; ports %d-%d (%d pairs); "
-                 "idle timeout %gs; latching %s",
-                 ", ".join(str(c) for c in self.config.controls),
+                 "idle timeout %gs; latching %s%s",
+                 ", ".join([*(str(c) for c in self.config.controls),
+                            *(f"{c} (ng)" for c in self.config.ng_controls)]),
                  ", ".join(f"{a} {names[i]}" if len(self.config.addresses) > 1 else a
                            for i, a in enumerate(self.config.addresses)),
                  first, last + 1, self.allocator.capacity, self.config.timeout,
-                 "from the signalled IP only" if self.config.latch == "ip" else "from any source")
+                 "from the signalled IP only" if self.config.latch == "ip" else "from any source",
+                 f"; recording into {self.config.recording_dir}" if self.recordings else "")
 
-    async def _listen(self, spec: ControlSpec) -> None:
+    async def _listen(self, spec: ControlSpec, ng: bool = False) -> None:
         loop = asyncio.get_running_loop()
         if spec.kind == "unix":
             _prepare_unix_path(spec.path)
@@ -198,13 +230,15 @@ class RtpproxyService:
         fam = socket.AF_INET6 if spec.kind == "udp6" else socket.AF_INET
         try:
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpControl(self), local_addr=(spec.host, spec.port), family=fam)
+                lambda: (_NgControl if ng else _UdpControl)(self),
+                local_addr=(spec.host, spec.port), family=fam)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {spec}: {exc.strerror or exc}") from None
         self._transports.append(transport)
         if not _is_private(spec.host):
-            log.warning("the rtpproxy control protocol has no authentication and %s is not a "
-                        "loopback or private address: firewall it", spec)
+            log.warning("the %s control protocol has no authentication and %s is not a "
+                        "loopback or private address: firewall it",
+                        "ng" if ng else "rtpproxy", spec)
 
     async def stop(self) -> None:
         if self.controller is not None:
@@ -225,6 +259,8 @@ class RtpproxyService:
         self.table.clear("shutdown")
         if self.media is not None:
             self.media.close()
+        if self.recordings is not None:
+            self.recordings.close()
 
     async def _collect(self) -> None:
         assert self._loop is not None
@@ -233,6 +269,8 @@ class RtpproxyService:
             await asyncio.sleep(interval)
             try:
                 self.table.expire(self._loop.time())
+                if self.recordings is not None:
+                    self.recordings.flush()
             except Exception:
                 log.exception("idle session collection failed")
 
@@ -243,7 +281,11 @@ class RtpproxyService:
                 "port_pairs": self.allocator.capacity,
                 "control": [str(c) for c in self.config.controls],
                 "addresses": list(self.config.addresses),
-                "commands": self.commands, "command_errors": self.errors, **totals}
+                "commands": self.commands, "command_errors": self.errors,
+                "ng_control": [str(c) for c in self.config.ng_controls],
+                "ng_commands": sum(self.ng.counts.values()) if self.ng else 0,
+                "ng_errors": self.ng.errors if self.ng else 0,
+                **(self.recordings.status() if self.recordings else {}), **totals}
 
     # -- commands ---------------------------------------------------------------------------------
     def _now(self) -> float:
@@ -282,6 +324,25 @@ class RtpproxyService:
         reply = protocol.format_datagram(cookie, self._execute(cmd, _peer(addr)))
         if cookie:
             self._cache.put(key, data, reply, now)
+        return reply
+
+    def handle_ng(self, data: bytes, addr: tuple) -> bytes:
+        """One ng datagram -> the reply; a retransmission (same client, cookie and bytes)
+        gets the first reply again instead of running the command twice."""
+        assert self.ng is not None
+        now = self._now()
+        parts = ng.split_datagram(data)
+        key = (addr[0], addr[1], parts[0]) if parts else None
+        digest = hashlib.sha256(data).digest()
+        if key is not None:
+            cached = self._ng_cache.get(key, digest, now)
+            if cached is not None:
+                return cached
+        reply, refused = ng.handle_datagram(self.ng, data, now)
+        if refused is not None and self._throttle.allow(now):
+            log.warning("ng command from %s refused: %s", _peer(addr), refused)
+        if key is not None:
+            self._ng_cache.put(key, digest, reply, now)
         return reply
 
     async def _stream_client(self, reader: asyncio.StreamReader,

@@ -134,6 +134,7 @@ class Session:
     last_active: float = 0.0
     version: int = 0          # bumped on every local change; (version, node) orders changes
     node: str = ""            # the node that made the last change
+    recording: bool = False   # packets of both parties go to the call's pcap file
 
     @property
     def key(self) -> SessionKey:
@@ -165,7 +166,8 @@ class Session:
     def to_dict(self) -> dict:
         return {"call_id": self.call_id, "media": self.media, "a": self.a.to_dict(),
                 "b": self.b.to_dict(), "created": self.created,
-                "last_active": self.last_active, "version": self.version, "node": self.node}
+                "last_active": self.last_active, "version": self.version, "node": self.node,
+                "recording": self.recording}
 
     @classmethod
     def from_dict(cls, d: dict) -> Session:
@@ -173,7 +175,8 @@ class Session:
                    a=Party.from_dict(d["a"]), b=Party.from_dict(d["b"]),
                    created=float(d.get("created", 0.0)),
                    last_active=float(d.get("last_active", 0.0)),
-                   version=int(d.get("version", 0)), node=str(d.get("node", "")))
+                   version=int(d.get("version", 0)), node=str(d.get("node", "")),
+                   recording=bool(d.get("recording", False)))
 
     def describe(self, now: float | None = None) -> str:
         """One line for logs and the I command."""
@@ -325,6 +328,7 @@ class SessionTable:
             return False
         cur.a.assign(incoming.a)
         cur.b.assign(incoming.b)
+        cur.recording = incoming.recording
         cur.version, cur.node = incoming.version, incoming.node
         cur.last_active = max(cur.last_active, incoming.last_active)
         self._notify(Change("update", cur, "remote", change.reason or "remote"))

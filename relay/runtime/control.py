@@ -3,8 +3,8 @@
 Each endpoint listens on a Unix socket: by default the abstract name
 `@anytun-relay/<device>` -- abstract sockets belong to the network namespace, leave no files
 behind and cannot go stale -- or on a path given with --control-socket. A client sends one
-line (`status`, `reload`) and reads one JSON document. Only root or the daemon's own user may
-talk to it (checked with SO_PEERCRED).
+line (`status`, `reload`, `health`, `drain [SECONDS]`) and reads one JSON document. Only root
+or the daemon's own user may talk to it (checked with SO_PEERCRED).
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 
+from relay.runtime.health import NodeHealth
+
 log = logging.getLogger("anytun-relay.control")
 ABSTRACT_PREFIX = "anytun-relay/"
 MAX_REQUEST = 256
+DRAIN_TIMEOUT = 30.0
 
 
 def abstract_name(device: str) -> str:
@@ -40,6 +43,7 @@ class ControlServer:
         self.path = path
         self.address: str | None = None
         self._server: asyncio.base_events.Server | None = None
+        self.node_health: NodeHealth | None = None   # set when the node is assembled
 
     async def start(self) -> None:
         self.address = self.path or abstract_name(self.name_fn())
@@ -102,7 +106,19 @@ class ControlServer:
             except Exception as exc:
                 return {"error": f"reload failed: {exc}"}
             return {"ok": True}
-        return {"error": f"unknown command {command[:40]!r}; use status or reload"}
+        if command == "health" and self.node_health is not None:
+            return await self.node_health.report()
+        word, _, arg = command.partition(" ")
+        if word == "drain" and self.node_health is not None:
+            try:
+                timeout = float(arg) if arg else DRAIN_TIMEOUT
+            except ValueError:
+                timeout = -1.0
+            if not 0 < timeout <= 3600:
+                return {"error": "drain takes a timeout of 0-3600 seconds"}
+            return await self.node_health.drain(timeout)
+        return {"error": f"unknown command {command[:40]!r}; use status, reload, health or "
+                "drain"}
 
 
 def display(address: str) -> str:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import socket
 from typing import NamedTuple
 
+STREAM_KINDS = ("tcp", "anycast-tcp")   # transports of a byte stream (no datagram sockets)
+
 
 class Remote(NamedTuple):
-    """Where a peer is: transport ("udp", "udplite", "tcp"), IP address text, port."""
+    """Where a peer is: transport ("udp", "udplite", "tcp", "anycast-tcp"), IP address text,
+    port."""
 
     transport: str
     host: str

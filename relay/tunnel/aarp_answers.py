@@ -44,3 +44,7 @@ class StartChecked:
 
     def status(self) -> dict:
         return self.inner.status()
+
+    def health(self) -> list[str]:
+        fn = getattr(self.inner, "health", None)
+        return fn() if fn is not None else []

@@ -27,6 +27,7 @@ from relay.tunnel.device import IfConfig
 from relay.tunnel.routes import Prefix, RouteError
 from relay.tunnel.settings import (
     DATAPLANES,
+    DEFAULT_KEEPALIVE,
     DEFAULT_PORT,
     DEFAULT_WINDOW,
     TRANSPORTS,
@@ -100,8 +101,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _arg(x, "--transport", metavar="LIST",
          help="udp (default, anytun's), udplite (checksum over the header only; "
          "both ends anytun-relay), tcp (length-framed; with -r the client resolves "
-         "the anycast address through AARP and connects to the unicast address). "
-         "Servers may list several, e.g. udp,tcp")
+         "the anycast address through AARP and connects to the unicast address), "
+         "anycast-tcp (one TCP connection to the anycast address that survives route moves "
+         "and node failures in a cluster; see docs/tunnel.md). "
+         "Servers may list several, e.g. udp,tcp,anycast-tcp")
+    _arg(x, "--keepalive", type=float, metavar="SECONDS", selects=False,
+         help="anycast-tcp: send a keep-alive frame after this much silence (default "
+         f"{DEFAULT_KEEPALIVE:g}; both ends use the shorter of their two intervals)")
     _arg(x, "--no-aarp", action="store_true", selects=False, file_only=False,
          help="tcp client: connect to -r itself, without AARP resolving")
     _arg(x, "--mtu", type=int, metavar="N", selects=False,
@@ -211,9 +217,10 @@ def transports_from(args: argparse.Namespace) -> tuple[str, ...]:
     names = tuple(x.strip().lower() for x in (args.transport or "udp").split(",") if x.strip())
     for n in names:
         if n not in TRANSPORTS:
-            raise ConfigError(f"--transport: unknown transport {n!r}; use udp, udplite or tcp")
+            raise ConfigError(f"--transport: unknown transport {n!r}; use udp, udplite, tcp "
+                              "or anycast-tcp")
     if not names:
-        raise ConfigError("--transport: give at least one of udp, udplite, tcp")
+        raise ConfigError("--transport: give at least one of udp, udplite, tcp, anycast-tcp")
     return names
 
 
@@ -235,6 +242,11 @@ def node_from_args(args: argparse.Namespace) -> NodeSettings:
         raise ConfigError(f"--mtu must be 576..65535, not {args.mtu}")
     if not 64 <= args.max_datagram <= 65535:
         raise ConfigError(f"--max-datagram must be 64..65535, not {args.max_datagram}")
+    keepalive = DEFAULT_KEEPALIVE if args.keepalive is None else args.keepalive
+    if not 0.1 <= keepalive <= 3600:
+        raise ConfigError(f"--keepalive must be 0.1..3600 seconds, not {args.keepalive:g}")
+    if args.keepalive is not None and "anycast-tcp" not in transports_from(args):
+        raise ConfigError("--keepalive only applies to --transport anycast-tcp")
     bind = None
     if args.interface:
         try:
@@ -245,7 +257,7 @@ def node_from_args(args: argparse.Namespace) -> NodeSettings:
         interface=bind, port=args.port or DEFAULT_PORT, transports=transports_from(args),
         families=fams, sender_id=args.sender_id or 0, device=device_kind(args),
         device_name=args.dev, ifconfig=ifconfig, mtu=args.mtu, post_up=args.post_up_script,
-        max_datagram=args.max_datagram, seq_file=args.seq_file)
+        max_datagram=args.max_datagram, seq_file=args.seq_file, keepalive=keepalive)
 
 
 def open_tunnel_from(text: str | None, device: str) -> OpenTunnel | None:
@@ -338,6 +350,9 @@ def _peer(args: argparse.Namespace) -> PeerSettings:
         tcp = TcpClient(args.remote_host, remote_port, not args.no_aarp)
     elif args.no_aarp and "tcp" not in node.transports:
         raise ConfigError("--no-aarp only applies to --transport tcp with -r")
+    if "anycast-tcp" in node.transports and args.remote_host and len(node.transports) > 1:
+        raise ConfigError("--transport anycast-tcp with -r is a client of the anycast "
+                          "address; give only anycast-tcp")
     if args.seq_file and args.seq_start is not None:
         raise ConfigError("--seq-file and --seq-start exclude each other")
     if args.seq_start is not None and not 0 <= args.seq_start < 1 << 32:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from relay import fastpath
 from relay.runtime.errors import ConfigError
 from relay.runtime.logtargets import NOTICE
+from relay.satp.codec import OpenError, peek
+from relay.transport.anycast_tcp import AnycastTcpTransport
 from relay.transport.remote import Remote
 from relay.transport.tcp import TcpTransport
 from relay.transport.udp import TransportError, UdpTransport
@@ -49,6 +51,9 @@ class EndpointSettings:
     transports: tuple[str, ...] = ("udp",)
     tcp_connect: Callable[[], Awaitable[tuple[str, int]]] | None = None
     tcp_listen: bool = False
+    anycast_connect: Callable[[], Awaitable[tuple[str, int]]] | None = None
+    anycast_listen: bool = False
+    keepalive: float = 5.0
     dataplane: DataplaneConfig = field(default_factory=DataplaneConfig)
     dataplane_impl: str = "auto"         # auto | python | fast
     progress_interval: float = 0.2
@@ -64,7 +69,7 @@ class Endpoint:
         self.table = table
         self.dataplane = Dataplane(table, settings.dataplane)
         self.device: Device | None = None
-        self.transports: dict[str, UdpTransport | TcpTransport] = {}
+        self.transports: dict[str, UdpTransport | TcpTransport | AnycastTcpTransport] = {}
         self.external: fastplane.ExternalDataplane | None = None
         self.device_write_errors = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -88,9 +93,15 @@ class Endpoint:
             if s.post_up:
                 await self._loop.run_in_executor(None, self.device.run_post_up, s.post_up)
             for kind in s.transports:
+                t: UdpTransport | TcpTransport | AnycastTcpTransport
                 if kind in ("udp", "udplite"):
-                    t: UdpTransport | TcpTransport = UdpTransport(
-                        s.bind, s.port, s.families, lite=kind == "udplite")
+                    t = UdpTransport(s.bind, s.port, s.families, lite=kind == "udplite")
+                elif kind == "anycast-tcp":
+                    t = AnycastTcpTransport(
+                        listen=(s.bind, s.port) if s.anycast_listen else None,
+                        connect=s.anycast_connect, keepalive=s.keepalive,
+                        verify=self.authentic, max_datagram=s.dataplane.max_datagram,
+                        on_connected=self._tcp_connected, proven=self._in_use)
                 else:
                     t = TcpTransport(
                         listen=(s.bind, s.port) if s.tcp_listen else None,
@@ -131,6 +142,21 @@ class Endpoint:
             self.device.close()
             log.log(NOTICE, "device %s removed", self.device.name)
         self.table.flush_progress()
+
+    def health(self) -> list[str]:
+        """Reasons this endpoint cannot carry traffic: no device, device down, no sockets."""
+        if self.device is None or self.device.closed:
+            return ["no tunnel device"]
+        reasons = []
+        try:
+            with open(f"/sys/class/net/{self.device.name}/flags") as f:
+                if not int(f.read(), 16) & 1:   # IFF_UP
+                    reasons.append(f"device {self.device.name} is down")
+        except (OSError, ValueError):
+            reasons.append(f"device {self.device.name} is gone")
+        if not self.transports:
+            reasons.append("no data sockets bound")
+        return reasons
 
     def _external_dataplane(self) -> fastplane.ExternalDataplane | None:
         mode = self.settings.dataplane_impl
@@ -209,6 +235,19 @@ class Endpoint:
                 self.dataplane.drops["no_transport"] += len(items)
             else:
                 t.send_batch(items)
+
+    def authentic(self, datagram: bytes) -> bool | None:
+        """Whether a datagram is authentic for the connection it names (None: cannot tell,
+        null auth or no such connection); the stream framing finds frames with it."""
+        head = peek(datagram)
+        conn = self.table.get(head[2]) if head is not None else None
+        if conn is None or not conn.spec.suite.auth or not conn.spec.suite.tag_len:
+            return None
+        try:
+            conn.ctx.open(datagram)
+        except OpenError:
+            return False
+        return True
 
     def _in_use(self, remote: Remote) -> bool:
         return any(c.remote == remote for c in self.table.by_mux.values())

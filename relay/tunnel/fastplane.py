@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from relay.fastpath import Engine, FastpathError, ReplayParams, SatpCrypto, available
 from relay.satp import PT_ETHERNET, PT_IPV4, PT_IPV6
-from relay.transport.remote import Remote
+from relay.transport.remote import STREAM_KINDS, Remote
 from relay.tunnel import packet as pk
 from relay.tunnel.dataplane import Dataplane, DataplaneConfig
 from relay.tunnel.table import (
@@ -156,7 +156,8 @@ class FastPlane:
             replay=ReplayParams.of(conn.replay), tap=self.h.device_kind == "tap",
             vnet_hdr=self.vnet, max_payload=self.h.config.max_datagram - spec.suite.overhead,
             roam=True, gso=offloads and not self.h.udp_lite,
-            remote=(remote.host, remote.port) if remote and remote.transport != "tcp" else None)
+            remote=(remote.host, remote.port) if remote and remote.transport not in STREAM_KINDS
+            else None)
         self._remote = remote
         for sid, high in conn.replay.high_water().items():
             self.engine.replay_advance(sid, high)
@@ -275,7 +276,7 @@ class FastPlane:
             if event.remote != self._remote and self.engine is not None:
                 self._remote = event.remote
                 r = event.remote
-                self.engine.set_remote(None if r is None or r.transport == "tcp"
+                self.engine.set_remote(None if r is None or r.transport in STREAM_KINDS
                                        else (r.host, r.port))
         elif isinstance(event, Progress) and event.origin != LOCAL and self.engine is not None:
             self.engine.advance_seq(event.send_seq)

@@ -28,6 +28,7 @@ from relay.transport.remote import Remote
 from relay.tunnel.device import IfConfig
 from relay.tunnel.routes import Prefix, RouteError
 from relay.tunnel.settings import (
+    DEFAULT_KEEPALIVE,
     DEFAULT_PORT,
     DEFAULT_WINDOW,
     TRANSPORTS,
@@ -47,7 +48,7 @@ class NodeConfigError(ConfigError, ValueError):
 
 _NODE_KEYS = {"interface", "port", "transports", "ipv4_only", "ipv6_only", "sender_id",
               "device", "device_name", "ifconfig", "mtu", "post_up", "max_datagram",
-              "control_socket", "seq_file", "tunneling", "kernel_routes"}
+              "control_socket", "seq_file", "tunneling", "kernel_routes", "keepalive"}
 _DEFAULT_KEYS = {"cipher", "auth", "kd", "tag_length", "window", "role"}
 _CONN_KEYS = _DEFAULT_KEYS | {"mux", "name", "passphrase", "key", "salt", "routes", "remote"}
 _OPEN_KEYS = {"enabled", "snat4", "snat6", "out_interface"}
@@ -163,6 +164,16 @@ def parse_connection(where: str, c: dict, defaults: dict, transport: str) -> Con
     return ConnectionSpec(mux, master, role, suite, window or 0, routes, remote, name)
 
 
+def _keepalive(where: str, n: dict, transports: tuple[str, ...]) -> float:
+    value = n.get("keepalive", DEFAULT_KEEPALIVE)
+    if isinstance(value, bool) or not isinstance(value, int | float) or \
+            not 0.1 <= value <= 3600:
+        raise NodeConfigError(f"{where}.keepalive must be 0.1..3600 seconds, not {value!r}")
+    if "keepalive" in n and "anycast-tcp" not in transports:
+        raise NodeConfigError(f"{where}.keepalive only applies to the anycast-tcp transport")
+    return float(value)
+
+
 def parse(text: str, source: str = "config") -> ServerSettings:
     try:
         doc = tomllib.loads(text)
@@ -197,7 +208,8 @@ def parse(text: str, source: str = "config") -> ServerSettings:
         device_name=_get(w, n, "device_name", str), ifconfig=tuple(ifconfig),
         mtu=_int(w, n, "mtu", 576, 65535, None), post_up=_get(w, n, "post_up", str),
         max_datagram=_int(w, n, "max_datagram", 64, 65535, 1600),
-        control_socket=_get(w, n, "control_socket", str), seq_file=_get(w, n, "seq_file", str))
+        control_socket=_get(w, n, "control_socket", str), seq_file=_get(w, n, "seq_file", str),
+        keepalive=_keepalive(w, n, transports))
     defaults = _check_keys("[defaults]", doc.get("defaults", {}), _DEFAULT_KEYS)
     # fail early on bad defaults, also when no connection uses them yet
     default_spec = ConnectionSpec(

@@ -10,7 +10,7 @@ import logging
 from relay.runtime.errors import ConfigError
 from relay.runtime.logtargets import NOTICE
 from relay.satp import Suite
-from relay.transport.remote import Remote, resolve_host
+from relay.transport.remote import STREAM_KINDS, Remote, resolve_host
 from relay.transport.tcp import Resolve
 from relay.tunnel.dataplane import DataplaneConfig
 from relay.tunnel.endpoint import Endpoint, EndpointSettings
@@ -38,8 +38,9 @@ class PeerEndpoint(Endpoint):
         await super().start()
         if self.seqs is not None:
             self.seqs.attach(self.table)
-        tcp_client = "tcp" in self.settings.transports and self.settings.tcp_connect
-        if self.remote_host and not tcp_client:
+        s = self.settings
+        stream_client = ("tcp" in s.transports and s.tcp_connect) or s.anycast_connect
+        if self.remote_host and not stream_client:
             self._tasks.append(asyncio.get_running_loop().create_task(self._resolve_remote()))
 
     async def stop(self) -> None:
@@ -49,7 +50,7 @@ class PeerEndpoint(Endpoint):
 
     async def _resolve_remote(self) -> None:
         loop = asyncio.get_running_loop()
-        kind = next(k for k in self.settings.transports if k != "tcp")
+        kind = next(k for k in self.settings.transports if k not in STREAM_KINDS)
         assert self.remote_host is not None
         while True:
             try:
@@ -70,7 +71,8 @@ class PeerEndpoint(Endpoint):
         conn = self.table.get(self.mux)
         if conn is not None and remote is not None:
             self.table.set_remote(conn, remote)
-            log.log(NOTICE, "tunnel over TCP to %s", remote)
+            log.log(NOTICE, "tunnel over %s to %s",
+                    "anycast TCP" if remote.transport == "anycast-tcp" else "TCP", remote)
 
 
 def tcp_resolver(client: TcpClient, families: tuple[int, ...]) -> Resolve:
@@ -121,6 +123,12 @@ def build(settings: PeerSettings) -> TunnelNode:
         endpoint.tcp_connect = tcp_resolver(settings.tcp_client, node.families)
     elif "tcp" in node.transports:
         endpoint.tcp_listen = True
+    if "anycast-tcp" in node.transports:
+        if settings.remote_host:   # one connection to the anycast address itself, no AARP
+            endpoint.anycast_connect = tcp_resolver(
+                TcpClient(settings.remote_host, settings.remote_port, False), node.families)
+        else:
+            endpoint.anycast_listen = True
     seqs = None
     start_seq = settings.seq_start
     if node.seq_file:

@@ -122,6 +122,7 @@ def build(settings: ServerSettings) -> TunnelNode:
                               routing=True, tunneling=settings.tunneling,
                               max_datagram=node.max_datagram), settings.dataplane)
     endpoint.tcp_listen = "tcp" in node.transports
+    endpoint.anycast_listen = "anycast-tcp" in node.transports
     table = ConnectionTable()
     try:
         apply_connections(table, settings.connections, seqs)

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 from relay.satp.kdf import Role
 from relay.satp.suite import Suite
+from relay.transport.remote import STREAM_KINDS
 from relay.tunnel.dataplane import MAX_DATAGRAM
 from relay.tunnel.device import IfConfig
 from relay.tunnel.table import ConnectionSpec
 
 DEFAULT_PORT = 4444
 DEFAULT_WINDOW = 1024
-TRANSPORTS = ("udp", "udplite", "tcp")
+TRANSPORTS = ("udp", "udplite", "tcp", "anycast-tcp")
+DEFAULT_KEEPALIVE = 5.0
 DATAPLANES = ("auto", "python", "fast")
 
 
@@ -59,12 +61,13 @@ class NodeSettings:
     max_datagram: int = MAX_DATAGRAM
     control_socket: str | None = None
     seq_file: str | None = None
+    keepalive: float = DEFAULT_KEEPALIVE   # anycast-tcp: seconds between keep-alive frames
 
     @property
     def datagram_kind(self) -> str:
         """The transport a configured or learned remote uses when it names none: the first
         datagram transport (a TCP-only node still describes its peers as udp)."""
-        return next((t for t in self.transports if t != "tcp"), "udp")
+        return next((t for t in self.transports if t not in STREAM_KINDS), "udp")
 
 
 @dataclass(frozen=True)

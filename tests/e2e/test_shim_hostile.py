@@ -117,6 +117,9 @@ BROKEN = [  # (file content or None for AARP_CONF pointing elsewhere, env, expec
     ("", {"AARP_PORT": "99999"}, "AARP_PORT: 'port' must be an integer 1-65535"),
     (None, {"AARP_CONF": "/nonexistent/aarp.conf"}, "/nonexistent/aarp.conf: no such file"),
     (None, {"AARP_CONF": "/tmp"}, "/tmp: is a directory"),
+    (None, {"AARP_CONF": "/dev/zero"}, "/dev/zero: not a regular file"),
+    ("", {"AARP_ANYCAST": "10.0.0.0/8 " * 500 + "10.1.48"}, "AARP_ANYCAST: '10.1.48' is not"),
+    ("", {"AARP_TIMEOUT_MS": "60000"}, "AARP_TIMEOUT_MS: 'timeout_ms' must be an integer 1-"),
 ]
 
 
@@ -149,6 +152,25 @@ def test_broken_configuration_disables_the_library_with_one_line(
                                    AARP_CONF=str(conf)), check=False, user="nobody")
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stderr.count("\n") == 1 and "cannot read: Permission denied" in out.stderr
+
+
+def test_fifo_and_bad_log_level_are_said_at_once(lab: AnycastLab, tmp_path: Path) -> None:
+    """AARP_CONF naming a FIFO nobody writes: the first connect does not wait for a writer;
+    AARP_LOG=loud is itself the mistake, and is reported (logging was clearly wanted)."""
+    start_whoami(lab)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    stress = build("stress")
+    out = lab.client.run(preloaded([str(stress), AA6, PORT, "1", "1", "s1"], AARP_LOG="error",
+                                   AARP_CONF=str(fifo)), check=False, timeout=20)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{fifo}: not a regular file (libaarp disabled" in out.stderr, out.stderr
+    out = lab.client.run(preloaded([str(stress), AA6, PORT, "1", "1", "s1"], AARP_LOG="loud"),
+                         check=False, timeout=20)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and "AARP_LOG: 'log' must be one of off, error, info, debug, not " \
+        "'loud' (libaarp disabled" in lines[0], out.stderr
 
 
 def test_disabled_by_the_environment(lab: AnycastLab) -> None:
@@ -216,7 +238,8 @@ SIGNALLED = r"""
 import signal, socket, sys
 signal.signal(signal.SIGALRM, lambda *a: None)
 signal.setitimer(signal.ITIMER_REAL, 0.2)
-with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as s:
+with socket.socket(socket.AF_INET6) as s:  # blocking: the probe runs in this thread
+    s.connect((sys.argv[1], int(sys.argv[2])))
     print(s.recv(64).decode(), s.getpeername()[0])
 """
 
@@ -225,7 +248,8 @@ FORK_DURING_PROBE = r"""
 import os, socket, sys, threading, time
 aa, port = sys.argv[1], int(sys.argv[2])
 def who():
-    with socket.create_connection((aa, port), timeout=10) as s:
+    with socket.socket(socket.AF_INET6) as s:  # blocking: the probe runs in this thread
+        s.connect((aa, port))
         return s.recv(64).decode()
 t = threading.Thread(target=who)
 t.start()

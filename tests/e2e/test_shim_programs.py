@@ -4,13 +4,19 @@ AddressSanitizer/UndefinedBehaviorSanitizer (leaks included)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
 from lab import AA4, AA6, AK6, AnycastLab
 from tests.c.support import (
+    ANYCAST,
+    BIN,
     WHOAMI_PORT,
     build,
     build_library,
@@ -131,9 +137,30 @@ def test_stress_is_clean_under_address_sanitizer(served: AnycastLab) -> None:
         require(False, f"a working clang sanitizer runtime ({exc.stderr.strip()[:200]})")
     env = {"ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1",
            "UBSAN_OPTIONS": "print_stacktrace=1"}
-    for args in ([AA6, PORT, "64", "30", "s1"], ["--forks", AA4, PORT, "8", "40", "s1"]):
-        out = served.client.run(["env", *(f"{k}={v}" for k, v in env.items()),
-                                 *preloaded([str(stress), *args], library=lib,
-                                            AARP_LOG="error")], check=False, timeout=300)
-        assert out.returncode == 0, out.stdout + out.stderr[-4000:]
-        assert "Sanitizer" not in out.stderr, out.stderr[-4000:]
+    with tempfile.TemporaryDirectory(prefix="aarp-hc-") as tmp:
+        cache = Path(tmp) / "hc"
+        daemon = served.client.popen([str(BIN / "aarp-shim"), "--cache-daemon", "--cache-dir",
+                                      str(cache)], env=dict(os.environ, AARP_CONF="/dev/null",
+                                                            AARP_ANYCAST=ANYCAST))
+        for _ in range(200):
+            if (cache / "cache.sock").exists():
+                break
+            time.sleep(0.05)
+        runs = [  # (arguments, extra settings): blocking, forks, non-blocking with background
+            ([AA6, PORT, "64", "30", "s1"], {}),  # probes, the host cache and its daemon
+            (["--forks", AA4, PORT, "8", "40", "s1"], {}),
+            ([AA6, PORT, "16", "30", "s1"], {"STRESS_NONBLOCK": "1",
+                                            "AARP_NONBLOCK_WAIT_MS": "0"}),
+            ([AA4, PORT, "16", "30", "s1"], {"AARP_HOST_CACHE": str(cache)}),
+            ([AA6, PORT, "16", "30", "s1"], {"STRESS_NONBLOCK": "1",
+                                            "AARP_HOST_CACHE": str(cache)}),
+        ]
+        for args, extra in runs:
+            settings = {"AARP_HOST_CACHE": "off", **extra}
+            out = served.client.run(["env", *(f"{k}={v}" for k, v in env.items()),
+                                     *preloaded([str(stress), *args], library=lib,
+                                                AARP_LOG="error", **settings)],
+                                    check=False, timeout=300)
+            assert out.returncode == 0, (extra, out.stdout + out.stderr[-4000:])
+            assert "Sanitizer" not in out.stderr, out.stderr[-4000:]
+        assert daemon.poll() is None

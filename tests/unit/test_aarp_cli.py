@@ -36,7 +36,11 @@ def no_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (["1.2.3.400"], "not a valid IP address"),
     (["-4", "fd00:aa::1"], "is not an IPv4 address"),
     (["-6", "10.255.0.1"], "is not an IPv6 address"),
-    (["--timeout", "0", "fd00:aa::1"], "--timeout must be 1-60000"),
+    (["--timeout", "0", "fd00:aa::1"], "--timeout must be 1-10000"),
+    (["--timeout", "60000", "fd00:aa::1"], "--timeout must be 1-10000"),
+    (["--timeout", "6000", "fd00:aa::1"], "--timeout x (1 + --retries) must be at most 10000"),
+    (["--nameserver", "notanip", "fd00:aa::1"], "--nameserver 'notanip' is not an IP address"),
+    (["--nameserver", "notanip", "example.invalid"], "--nameserver 'notanip' is not an IP"),
     (["--retries", "11", "fd00:aa::1"], "--retries must be 0-10"),
     (["--port", "70000", "fd00:aa::1"], "--port must be 1-65535"),
     (["--count", "0", "fd00:aa::1"], "--count must be"),
@@ -56,7 +60,7 @@ def test_resolve_bad_config_names_the_line(no_conf: Path,
     no_conf.write_text("anycast = fd00:aa::/64\ntimeout_ms = soon\n")
     assert cli_resolve.main(["fd00:aa::1"]) == 2
     assert capsys.readouterr().err == (f"aarp-resolve: {no_conf}:2: 'timeout_ms' must be an "
-                                       "integer 1-60000, not 'soon'\n")
+                                       "integer 1-10000, not 'soon'\n")
 
 
 def test_resolve_bad_environment(no_conf: Path, monkeypatch: pytest.MonkeyPatch,
@@ -91,6 +95,10 @@ def test_resolve_unknown_name_is_a_failure_not_a_crash(no_conf: Path,
     (["--anycast", "fd00:aa::1", "--key-id", "300"], "--key-id must be 0-255"),
     (["--anycast", "fd00:aa::1", "--port", "0"], "--port must be 1-65535"),
     (["--anycast", "fd00:aa::1", "--rate", "0"], "--rate must be above 0"),
+    (["--anycast", "fd00:aa::1", "--rate", "inf"], "--rate must be above 0 and at most"),
+    (["--anycast", "fd00:aa::1", "--rate", "nan"], "--rate must be above 0 and at most"),
+    (["--anycast", "fd00:aa::1", "--rate", "-5"], "--rate must be above 0 and at most"),
+    (["--anycast", "fd00:aa::1", "--rate", "1e300"], "--rate must be above 0 and at most"),
 ])
 def test_responder_usage_errors(no_conf: Path, capsys: pytest.CaptureFixture[str],
                                 args: list[str], needle: str) -> None:
@@ -115,3 +123,27 @@ def test_responder_without_privilege_says_why() -> None:
     assert proc.returncode == 1, proc.stderr
     assert "CAP_NET_RAW" in proc.stderr and "--no-icmp" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("tool", ["aarp.cli.resolve", "aarp.cli.responder"])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "oversized"])
+def test_config_files_that_are_not_files_are_refused_at_once(tmp_path: Path, tool: str,
+                                                              kind: str) -> None:
+    """--config naming a FIFO (no writer), /dev/zero or a huge file: one line, exit 2, no
+    read without bound and no wait for a writer."""
+    if kind == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+        message = f"{path}: not a regular file"
+    elif kind == "oversized":
+        path = tmp_path / "big.conf"
+        path.write_bytes(b"#\n" * (1 << 20))
+        message = f"{path}: larger than 1048576 bytes"
+    else:
+        path = Path(kind)
+        message = f"{path}: not a regular file"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AARP_")}
+    proc = run(tool, "--config", str(path), "--anycast" if "responder" in tool else "-4",
+               "10.255.0.1", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.endswith(f"{message}\n") and proc.stderr.count("\n") == 1, proc.stderr

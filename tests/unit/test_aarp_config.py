@@ -14,13 +14,7 @@ VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "aarp" / "config.j
 
 
 def _norm(cfg: c.Config) -> dict:
-    return {"anycast": [str(p) for p in cfg.anycast],
-            "allow": [[str(a), [str(u) for u in us]] for a, us in cfg.allow],
-            "policy": cfg.policy, "method": cfg.method, "port": cfg.port,
-            "timeout_ms": cfg.timeout_ms, "retries": cfg.retries, "grace_ms": cfg.grace_ms,
-            "ttl_min": cfg.ttl_min, "ttl_max": cfg.ttl_max, "negative_ttl": cfg.negative_ttl,
-            "failure_ttl": cfg.failure_ttl, "key": cfg.key.hex() if cfg.key else None,
-            "key_id": cfg.key_id, "log": cfg.log, "disable": cfg.disable}
+    return cfg.to_dict()
 
 
 @pytest.mark.parametrize("case", VECTORS["cases"], ids=[k["name"] for k in VECTORS["cases"]])
