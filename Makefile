@@ -4,21 +4,32 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+LIBDIR ?= $(PREFIX)/lib
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+MANDIR ?= $(PREFIX)/share/man
+COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 
 # System packages the demo, the suite and the benchmarks use (installed only when missing).
 # Building the package compiles libaarp.so (and the optional OpenSSL fast path).
 APT_RUNTIME := iproute2 iputils-ping procps util-linux nftables curl gcc libc6-dev libssl-dev \
 	python3-venv
+# (debootstrap, systemd-container, dpkg-dev: the Debian package is installed into a fresh
+# Debian 12 tree and its units run under a real systemd in a container)
 APT_TEST := $(APT_RUNTIME) wget bind9-dnsutils dnsmasq-base netcat-openbsd tcpdump iperf3 \
 	anytun uanytun kamailio sip-tester rtpengine-daemon redis-server valgrind make psmisc \
-	ethtool socat clang libclang-rt-14-dev openssl bird2 exabgp golang-go
+	ethtool socat clang libclang-rt-14-dev openssl bird2 exabgp golang-go debootstrap \
+	systemd-container dpkg-dev man-db
 APT_BENCH := $(APT_TEST) linux-perf
+# The Debian package is built with Debian's own interpreter (its venv runs on the target's).
+APT_DEB := $(APT_RUNTIME) python3-dev dpkg-dev
 # The demo's chapters run uanytun (tunnels), Kamailio + SIPp (relay mode), Redis (cluster),
 # BIRD 2 (the router) and ExaBGP (the nodes announcing the anycast prefixes).
 APT_DEMO := $(APT_RUNTIME) uanytun kamailio sip-tester redis-server bird2 exabgp
 
 .PHONY: help deps-runtime deps-test deps-bench deps-demo venv build install demo test test-unit lint \
-	bench fuzz clean
+	bench fuzz clean deb deps-deb
 
 help:
 	@echo "make demo     install what is needed and run the anycast lab demo"
@@ -27,7 +38,8 @@ help:
 	@echo "make bench    benchmarks against the real peers (prints ratios)"
 	@echo "make fuzz     fuzz every harness for FUZZ_SECONDS each (default 60); findings go to"
 	@echo "              fuzz/regressions/ (python -m fuzz --help for one harness, merging)"
-	@echo "make install  install the package and put libaarp.so into $(PREFIX)/lib"
+	@echo "make install  install the commands, libaarp.so, units, man pages (PREFIX, DESTDIR)"
+	@echo "make deb      build the Debian package into dist/"
 
 define apt_install
 	@missing=""; for p in $(1); do \
@@ -49,6 +61,8 @@ deps-bench:
 	$(call apt_install,$(APT_BENCH))
 deps-demo:
 	$(call apt_install,$(APT_DEMO))
+deps-deb:
+	$(call apt_install,$(APT_DEB))
 
 $(VENV)/.stamp: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -66,7 +80,7 @@ demo: deps-demo build
 	$(PY) -m demo
 
 lint: venv
-	$(VENV)/bin/ruff check aarp relay tests bench lab demo fuzz setup.py
+	$(VENV)/bin/ruff check aarp relay tests bench lab demo packaging fuzz setup.py
 	$(VENV)/bin/lint-imports
 
 test: deps-test build lint
@@ -84,19 +98,59 @@ FUZZ_SECONDS ?= 60
 fuzz: deps-test build
 	$(PY) -m fuzz run --seconds $(FUZZ_SECONDS)
 
-# System-wide: a private venv under $(PREFIX)/lib, the commands linked into $(PREFIX)/bin and
-# libaarp.so in $(PREFIX)/lib, so the literal LD_PRELOAD=libaarp.so CMD works.
-INSTALL_VENV := $(DESTDIR)$(PREFIX)/lib/anycast-toolkit
+# System-wide: a private venv under $(PREFIX)/lib/anycast-toolkit, the commands linked into
+# $(PREFIX)/bin, libaarp.so in $(LIBDIR) (so the literal LD_PRELOAD=libaarp.so CMD works), the
+# systemd units, sysusers, man pages, bash completion and the example configurations.
+# With DESTDIR the tree is staged there and works once copied to /: no staging path is left
+# in the scripts, the venv or the byte code.
+INSTALL_VENV := $(PREFIX)/lib/anycast-toolkit
+STAGE := $(DESTDIR)$(INSTALL_VENV)
 install: deps-runtime
-	$(PYTHON) -m venv $(INSTALL_VENV)
-	$(INSTALL_VENV)/bin/pip install -q --upgrade "pip>=23"
-	$(INSTALL_VENV)/bin/pip install -q .
-	install -D -m 0755 "$$($(INSTALL_VENV)/bin/aarp-shim --path)" $(DESTDIR)$(PREFIX)/lib/libaarp.so
-	mkdir -p $(DESTDIR)$(PREFIX)/bin
+	rm -rf "$(STAGE)" build/man build/completion
+	$(PYTHON) -m venv "$(STAGE)"
+	"$(STAGE)/bin/pip" install -q --upgrade "pip>=23"
+	"$(STAGE)/bin/pip" install -q .
+	"$(STAGE)/bin/python" packaging/docgen.py man build/man
+	"$(STAGE)/bin/python" packaging/docgen.py completion build/completion
+	install -D -m 0644 "$$("$(STAGE)/bin/python" -I -c 'from aarp import shim; print(shim.library_path())')" \
+	  "$(DESTDIR)$(LIBDIR)/libaarp.so"
+	if [ -n "$(DESTDIR)" ]; then \
+	  grep -rlI -- "$(DESTDIR)" "$(STAGE)/bin" "$(STAGE)/pyvenv.cfg" | xargs -r sed -i "s|$(DESTDIR)||g"; \
+	  find "$(STAGE)" -name __pycache__ -prune -exec rm -rf {} +; \
+	  "$(STAGE)/bin/python" -m compileall -q -s "$(DESTDIR)" "$(STAGE)/lib"; \
+	fi
+	mkdir -p "$(DESTDIR)$(PREFIX)/bin"
 	for c in aarp-resolve aarp-responder aarp-shim anytun-relay; do \
-	  ln -sf $(PREFIX)/lib/anycast-toolkit/bin/$$c $(DESTDIR)$(PREFIX)/bin/$$c; done
-	[ -n "$(DESTDIR)" ] || ldconfig
-	@echo "installed: $(PREFIX)/bin/{aarp-resolve,aarp-responder,aarp-shim,anytun-relay}, $(PREFIX)/lib/libaarp.so"
+	  ln -sf "$(INSTALL_VENV)/bin/$$c" "$(DESTDIR)$(PREFIX)/bin/$$c"; done
+	for page in build/man/*.[0-9]; do \
+	  install -D -m 0644 /dev/null "$(DESTDIR)$(MANDIR)/man$${page##*.}/$${page##*/}.gz"; \
+	  gzip -9nc "$$page" > "$(DESTDIR)$(MANDIR)/man$${page##*.}/$${page##*/}.gz"; done
+	install -d "$(DESTDIR)$(COMPLETIONDIR)" "$(DESTDIR)$(UNITDIR)" "$(DESTDIR)$(SYSUSERSDIR)"
+	install -m 0644 build/completion/* "$(DESTDIR)$(COMPLETIONDIR)/"
+	for u in packaging/systemd/*.service.in; do \
+	  sed "s|@BINDIR@|$(PREFIX)/bin|g" "$$u" > "$(DESTDIR)$(UNITDIR)/$$(basename "$$u" .in)"; \
+	  chmod 0644 "$(DESTDIR)$(UNITDIR)/$$(basename "$$u" .in)"; done
+	install -m 0644 packaging/systemd/anycast-toolkit.sysusers "$(DESTDIR)$(SYSUSERSDIR)/anycast-toolkit.conf"
+	install -d "$(DESTDIR)$(SYSCONFDIR)/anytun-relay" "$(DESTDIR)$(SYSCONFDIR)/default"
+	install -m 0644 packaging/etc/anytun-relay/*.toml.example "$(DESTDIR)$(SYSCONFDIR)/anytun-relay/"
+	[ -e "$(DESTDIR)$(SYSCONFDIR)/aarp.conf" ] || install -m 0644 packaging/etc/aarp.conf "$(DESTDIR)$(SYSCONFDIR)/"
+	[ -e "$(DESTDIR)$(SYSCONFDIR)/default/aarp-responder" ] || \
+	  install -m 0644 packaging/etc/default/aarp-responder "$(DESTDIR)$(SYSCONFDIR)/default/"
+	if [ -z "$(DESTDIR)" ]; then \
+	  ldconfig; \
+	  ! command -v systemd-sysusers >/dev/null || systemd-sysusers "$(SYSUSERSDIR)/anycast-toolkit.conf"; \
+	  [ ! -d /run/systemd/system ] || systemctl daemon-reload; \
+	fi
+	@echo "installed under $(DESTDIR)$(PREFIX): bin/{aarp-resolve,aarp-responder,aarp-shim,anytun-relay}, $(LIBDIR)/libaarp.so, units, man pages"
+
+# The Debian package (dist/anycast-toolkit_VERSION_ARCH.deb): `make install` staged for /usr,
+# with the Python dependencies in its private venv (packaging/debian/build.sh says why).
+deb: deps-deb
+	rm -rf build/deb
+	$(MAKE) install PYTHON=/usr/bin/python3 DESTDIR="$(CURDIR)/build/deb/root" PREFIX=/usr \
+	  LIBDIR=/usr/lib/$$(gcc -print-multiarch) UNITDIR=/usr/lib/systemd/system \
+	  SYSUSERSDIR=/usr/lib/sysusers.d
+	packaging/debian/build.sh build/deb/root dist
 
 clean:
-	rm -rf build *.egg-info aarp/libaarp.so .pytest_cache .ruff_cache
+	rm -rf build dist *.egg-info aarp/libaarp.so .pytest_cache .ruff_cache

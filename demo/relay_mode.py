@@ -28,8 +28,8 @@ def chapter_relay(lab: AnycastLab, story: Story) -> None:
     procs: list[subprocess.Popen] = []
     relay_log = work / "relay.log"
     try:
-        argv = ["anytun-relay", "--rtpproxy", CTL, "--rtp-address", AA4, "--rtp-ports",
-                "40000-40999"]
+        argv = ["anytun-relay", "-D", "-L", "stderr:4", "--rtpproxy", CTL, "--rtp-address", AA4,
+                "--rtp-ports", "40000-40999"]
         story.say(f"{node.name}: {' '.join(argv)}")
         with relay_log.open("w") as out:
             procs.append(node.popen([sys.executable, "-m", "relay.cli", *argv[1:]],

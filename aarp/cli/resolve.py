@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import logging
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from aarp import __version__, names
 from aarp import config as aconfig
-from aarp import names
 from aarp.config import Config
 from aarp.errors import AARPError, ResolveError
+from aarp.ops import cli as opscli
+from aarp.ops import logfmt
 from aarp.resolver import Resolution, probe
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -64,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--via-shim", action="store_true",
                    help="resolve through libaarp.so: what the preload library would do "
                    "(addresses outside the 'anycast' prefixes are left unchanged)")
+    opscli.add_version(p, __version__)
     return p
 
 
@@ -227,7 +231,12 @@ def show_cache(cfg: Config, as_json: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return opscli.run(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    logfmt.to_stderr(logging.WARNING)
     if args.cache:
         try:
             return show_cache(aconfig.load(args.config), args.json)

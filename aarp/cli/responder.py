@@ -1,4 +1,9 @@
-"""aarp-responder: answer AARP probes for this server's anycast addresses."""
+"""aarp-responder: answer AARP probes for this server's anycast addresses.
+
+As a daemon: foreground (systemd Type=notify: READY=1, STOPPING=1, watchdog pings), logs in
+the distribution's format (journald's under systemd), CAP_NET_RAW given up once the raw
+sockets are open, and with --http-listen GET /metrics and /status.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,11 @@ import logging
 import signal
 import sys
 
+from aarp import __version__
 from aarp import config as aconfig
-from aarp.ops_http import ListenError, OpsHttpServer, Reply, parse_listen
+from aarp.ops import caps, logfmt, sdnotify
+from aarp.ops import cli as opscli
+from aarp.ops.http import ListenError, OpsHttpServer, Reply, parse_listen
 from aarp.responder import DEFAULT_BURST, DEFAULT_RATE, DEFAULT_TTL
 from aarp.responder_service import ResponderError, ResponderService, check_address
 
@@ -62,12 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="same as --log info")
     p.add_argument("--status", action="store_true", help="print the status as JSON on exit")
     p.add_argument("--http-listen", metavar="HOST:PORT",
-                   help="serve GET /health here (200 healthy, 503 not; a JSON body with the "
-                   "reasons), e.g. 127.0.0.1:9181; for a router's health checks")
+                   help="serve GET /health (200 healthy, 503 not; a JSON body with the "
+                   "reasons), /metrics (Prometheus) and /status (JSON) here, e.g. "
+                   "127.0.0.1:9181; for a router's health checks and monitoring")
     p.add_argument("--check", action="store_true",
                    help="do not serve: probe the anycast addresses from this host and exit 0 "
                    "if the responder running here answers each with this host's unicast "
                    "address, 1 if not (for health checks and ExaBGP's announcer)")
+    opscli.add_version(p, __version__)
     return p
 
 
@@ -117,12 +127,33 @@ def service_from_args(args: argparse.Namespace, cfg: aconfig.Config) -> Responde
         icmp=not args.no_icmp, udp=not args.no_udp, rate=args.rate, burst=args.burst)
 
 
-def health_endpoint(service: ResponderService, http: OpsHttpServer) -> None:
+def http_endpoints(service: ResponderService, http: OpsHttpServer) -> None:
+    """GET /health, /metrics and /status."""
     async def health() -> Reply:
         doc = await service.health()
         return Reply.json(200 if doc["healthy"] else 503, doc)
 
+    async def metrics() -> Reply:
+        from aarp.metrics import responder_metrics  # only when scraped: idle memory
+        from aarp.ops import exposition
+
+        m = exposition.Metrics("")
+        responder_metrics(m, service.status())
+        return Reply(200, m.render(), exposition.CONTENT_TYPE)
+
+    async def status() -> Reply:
+        return Reply.json(200, service.status())
+
     http.route("/health", health)
+    http.route("/metrics", metrics)
+    http.route("/status", status)
+
+
+def _give_up_privileges() -> None:
+    """The raw sockets are open: nothing the responder does later needs a capability."""
+    if caps.read()["permitted"]:
+        caps.restrict(())
+        logging.getLogger("aarp.responder").info("sockets open; capabilities given up")
 
 
 async def _serve(service: ResponderService, http: OpsHttpServer | None) -> None:
@@ -131,12 +162,18 @@ async def _serve(service: ResponderService, http: OpsHttpServer | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await service.start()
+    watchdog = sdnotify.Watchdog()
     try:
         if http is not None:
-            health_endpoint(service, http)
+            http_endpoints(service, http)
             await http.start()
+        _give_up_privileges()
+        sdnotify.ready(f"answering for {', '.join(service.status()['anycast'])}")
+        watchdog.start()
         await stopping.wait()
+        sdnotify.stopping()
     finally:
+        await watchdog.stop()
         if http is not None:
             await http.stop()
         await service.stop()
@@ -158,6 +195,10 @@ def check(service: ResponderService) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return opscli.run(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = aconfig.load(args.config)
@@ -165,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aarp-responder: {exc}", file=sys.stderr)
         return 2
     level = "info" if args.verbose else (args.log or cfg.log or "error")
-    logging.basicConfig(level=LOG_LEVELS[level], format="aarp-responder: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    logfmt.to_stderr(LOG_LEVELS[level])
     try:
         service = service_from_args(args, cfg)
     except UsageError as exc:

@@ -11,11 +11,20 @@ import shutil
 import signal
 import sys
 
+from aarp import __version__, programs, shim
 from aarp import config as aconfig
-from aarp import programs, shim
+from aarp.ops import cli as opscli
+from aarp.ops import logfmt
 
 LOG_LEVELS = {"off": logging.CRITICAL + 10, "error": logging.ERROR, "info": logging.INFO,
               "debug": logging.DEBUG}
+
+
+def _library_version() -> str:
+    try:
+        return f"libaarp {shim.version()}"
+    except shim.ShimNotBuilt:
+        return "libaarp not built"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status: the program's; 2 usage or configuration error; 127 cannot run it.",
     )
     p.add_argument("--path", action="store_true", help="print the absolute path of libaarp.so")
-    p.add_argument("--version", action="store_true", help="print the library's version")
+    opscli.add_version(p, __version__, detail=_library_version)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--seccomp", action="store_true",
                       help="intercept connect/sendto/sendmsg with seccomp user notification "
@@ -70,9 +79,7 @@ def _cache_daemon(args: argparse.Namespace) -> int:
               f"{aconfig.MAX_HOST_CACHE} bytes", file=sys.stderr)
         return 2
     level = args.log or cfg.log or "info"
-    logging.basicConfig(level=LOG_LEVELS[level], format="aarp-shim: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    logfmt.to_stderr(LOG_LEVELS[level])
     try:
         daemon = CacheDaemon(directory)
     except (HostCacheError, OSError) as exc:
@@ -140,6 +147,10 @@ def _exec(command: list[str], env: dict[str, str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return opscli.run(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     command = list(args.command)
     if command and command[0] == "--":
@@ -147,9 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.path:
             print(shim.library_path())
-            return 0
-        if args.version:
-            print(shim.version())
             return 0
         if args.cache_daemon:
             if command:

@@ -84,6 +84,13 @@ class ClusterSync:
         self._deletes = 0
         self.tombstone_grace_ms = DAY_MS
         self.applied = 0
+        # observability: how late other nodes' records arrive, and clients moving between
+        # nodes (the node that last learned a client's endpoint is its owner)
+        self.lag_ms: int | None = None
+        self.lag_max_ms = 0
+        self.failovers_in = 0
+        self.failovers_out = 0
+        self._endpoint_owner: dict[int, str] = {}
 
     # -- composition -----------------------------------------------------------------------------
     def attach_connections(self, table: ConnectionTable,
@@ -153,7 +160,9 @@ class ClusterSync:
     def status(self) -> dict:
         st = {"node": self.store.node, "records": len(self.store),
               "backend": self.backend.status(), "learned_connections": sorted(self.learned),
-              "applied": self.applied}
+              "applied": self.applied, "sync_lag_ms": self.lag_ms,
+              "sync_lag_max_ms": self.lag_max_ms,
+              "failovers": {"in": self.failovers_in, "out": self.failovers_out}}
         if self.keyless:
             st["connections_without_keys"] = sorted(self.keyless)
         if self.anytun_listener is not None:
@@ -180,6 +189,15 @@ class ClusterSync:
             self._deletes += 1
             if self._deletes % PURGE_EVERY == 0:   # tombstones of ended calls, removed routes
                 self.store.purge_tombstones(_ms(self.clock), self.tombstone_grace_ms)
+
+    def _own_endpoint(self, mux: int, node: str) -> None:
+        before = self._endpoint_owner.get(mux)
+        if before is not None and before != node:
+            if node == self.store.node:
+                self.failovers_in += 1
+            elif before == self.store.node:
+                self.failovers_out += 1
+        self._endpoint_owner[mux] = node
 
     def _publish_connection(self, spec: ConnectionSpec, table: ConnectionTable) -> None:
         data: dict[str, Any] = {"mux": spec.mux, "role": int(spec.role),
@@ -210,6 +228,7 @@ class ClusterSync:
             if ev.remote is None:
                 self._delete("endpoint", str(ev.mux))
             else:
+                self._own_endpoint(ev.mux, self.store.node)
                 self._put("endpoint", str(ev.mux), _remote_data(ev.remote))
             conn = table.get(ev.mux)
             if conn is not None:
@@ -248,7 +267,13 @@ class ClusterSync:
     # -- cluster -> local ------------------------------------------------------------------------
     def _from_cluster(self, records: list[Record]) -> None:
         order = {"connection": 0, "endpoint": 1, "progress": 2, "route": 3}
+        now = _ms(self.clock)
         for rec in sorted(records, key=lambda r: order.get(r.kind, 9)):
+            if self._started and rec.version.node != self.store.node:
+                self.lag_ms = max(0, now - rec.version.stamp)
+                self.lag_max_ms = max(self.lag_max_ms, self.lag_ms)
+                if rec.kind == "endpoint" and rec.data is not None and rec.key.isdigit():
+                    self._own_endpoint(int(rec.key), rec.version.node)
             try:
                 self._apply(rec, initial=not self._started)
                 self.applied += 1

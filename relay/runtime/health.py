@@ -22,9 +22,8 @@ import os
 import signal
 import time
 
-from aarp.ops_http import ListenError, OpsHttpServer, Reply
+from aarp.ops.http import OpsHttpServer, Reply
 from relay.runtime.daemon import Service
-from relay.runtime.errors import ConfigError
 
 log = logging.getLogger("anytun-relay.health")
 
@@ -114,23 +113,3 @@ class NodeHealth:
             return Reply.json(200 if doc["healthy"] else 503, doc)
 
         http.route("/health", health)
-
-
-class HttpService:
-    """The operations HTTP listener (GET /health, ...) as a service; a port in use becomes a
-    one-line error (exit 2)."""
-
-    def __init__(self, http: OpsHttpServer) -> None:
-        self.http, self.name = http, http.name
-
-    async def start(self) -> None:
-        try:
-            await self.http.start()
-        except ListenError as exc:
-            raise ConfigError(f"--http-listen: {exc}") from None
-
-    async def stop(self) -> None:
-        await self.http.stop()
-
-    def status(self) -> dict:
-        return self.http.status()

@@ -1,7 +1,10 @@
-"""Process-level behaviour of anytun: daemonizing (unless -D), -P pid file, -u/-g/-C, -L/-U.
+"""Process-level behaviour of anytun, the same for every mode: daemonizing (unless -D), the -P
+pid file, -u/-g/-C, -L/-U, and capabilities.
 
 The parent of a daemon waits until the child reports that every service started (or exits
-with the child's status), so `anytun-relay ...; echo $?` tells the truth.
+with the child's status), so `anytun-relay ...; echo $?` tells the truth. Once every service
+has opened its devices and sockets, the process chroots (-C), becomes -u/-g, and keeps only
+the capabilities its modes still need (relay.node.capabilities says which and why).
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import logging
 import os
 import pwd
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from aarp.ops import caps
 from relay.runtime import daemon, logtargets
 from relay.runtime.errors import ConfigError
 from relay.runtime.logtargets import NOTICE, LogTarget
@@ -63,14 +68,41 @@ def write_pidfile(path: str) -> None:
         f.write(f"{os.getpid()}\n")
 
 
-def drop_privileges(user: str | None, group: str | None, chroot: str | None) -> None:
-    """After setup: chroot, then group, then user (like anytun: -g without -u is ignored)."""
-    uid = gid = None
-    if user:
-        pw = pwd.getpwnam(user)
-        uid, gid = pw.pw_uid, pw.pw_gid
+@dataclass(frozen=True)
+class Identity:
+    """-u/-g resolved: who the daemon becomes after its set-up."""
+
+    user: str
+    uid: int
+    gid: int
+
+
+def resolve_identity(user: str | None, group: str | None) -> Identity | None:
+    """-u/-g as numbers (like anytun, -g without -u is ignored); ConfigError if they name
+    nobody."""
+    if not user:
         if group:
+            try:
+                grp.getgrnam(group)
+            except KeyError:
+                raise ConfigError(f"-g {group}: no such group") from None
+        return None
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"-u {user}: no such user") from None
+    gid = pw.pw_gid
+    if group:
+        try:
             gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(f"-g {group}: no such group") from None
+    return Identity(user, pw.pw_uid, gid)
+
+
+def drop_privileges(identity: Identity | None, chroot: str | None,
+                    keep: Mapping[str, str]) -> set[str]:
+    """After setup: chroot, then become the user keeping only `keep` (capability -> why)."""
     if chroot:
         try:
             os.chroot(chroot)
@@ -78,29 +110,42 @@ def drop_privileges(user: str | None, group: str | None, chroot: str | None) -> 
         except OSError as exc:
             raise ConfigError(f"-C {chroot}: {exc.strerror or exc}") from None
         log.log(NOTICE, "chrooted to %s", chroot)
-    if uid is not None and gid is not None:
-        try:
-            os.setgroups([gid])
-            os.setgid(gid)
-            os.setuid(uid)
-        except OSError as exc:
-            raise ConfigError(f"-u {user}: {exc.strerror or exc}") from None
-        log.log(NOTICE, "dropped privileges to %s:%s", user, group or gid)
+    have = caps.read()["permitted"]
+    if identity is None and not have:
+        return set()   # nothing to give up (an unprivileged user with a prepared device)
+    try:
+        kept = caps.restrict(keep, identity.uid if identity else None,
+                             identity.gid if identity else None)
+    except caps.CapabilityError as exc:
+        who = f"-u {identity.user}: " if identity else ""
+        raise ConfigError(f"{who}{exc.strerror or exc}") from None
+    if identity is not None:
+        log.log(NOTICE, "dropped privileges to %s (uid %d, gid %d)", identity.user,
+                identity.uid, identity.gid)
+    for cap in sorted(kept):
+        log.log(NOTICE, "keeping %s: %s", cap, keep[cap])
+    for cap in sorted(set(keep) - kept):
+        log.warning("%s is not available to this process: %s will fail", cap, keep[cap])
+    return kept
 
 
-def check_identity(user: str | None, group: str | None) -> str | None:
-    """Error text if -u/-g name nobody."""
-    if user:
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            return f"-u {user}: no such user"
-    if group:
-        try:
-            grp.getgrnam(group)
-        except KeyError:
-            return f"-g {group}: no such group"
-    return None
+def prepare_directories(paths: Iterable[str], identity: Identity | None) -> None:
+    """Create the missing parent directories of files the daemon writes (a seq file under
+    /var/lib/anytun-relay, a pid file under /run/...); what it creates belongs to -u."""
+    for path in paths:
+        directory = os.path.dirname(os.path.abspath(path))
+        missing = []
+        while directory and not os.path.isdir(directory):
+            missing.append(directory)
+            directory = os.path.dirname(directory)
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, 0o750)
+                if identity is not None:
+                    os.chown(d, identity.uid, identity.gid)
+            except OSError as exc:
+                raise ConfigError(f"cannot create the directory {d} for {path}: "
+                                  f"{exc.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -116,24 +161,33 @@ class ProcessSettings:
     log: tuple[LogTarget, ...] = ()   # -L, in order
 
 
-def prepare(settings: ProcessSettings, *, daemonize: bool) -> None:
-    """Before the loop starts (after the services were built): log targets, the daemon's
-    fork, the pid file, and the privilege drop once every service has started."""
-    targets = list(settings.log)
-    foreground = settings.foreground or settings.debug
-    if settings.debug:
-        targets.append(LogTarget("stdout", 5))
-    if not targets:
-        targets.append(LogTarget("syslog", 3, ("anytun-relay", "daemon")))
-        if foreground:
-            targets.append(LogTarget("stderr", 3))
-    logtargets.configure(targets)
-    err = check_identity(settings.user, settings.group)
-    if err:
-        raise ConfigError(err)
+def check(settings: ProcessSettings) -> Identity | None:
+    """What can be checked without touching the system (also by check-config)."""
+    identity = resolve_identity(settings.user, settings.group)
     if settings.chroot and not os.path.isdir(settings.chroot):
         raise ConfigError(f"-C {settings.chroot}: no such directory")
-    d = Daemonizer() if not foreground and daemonize else None
+    return identity
+
+
+def prepare_files(settings: ProcessSettings, files: Iterable[str]) -> None:
+    """Before the services are built: the directories of the files the daemon will write
+    (seq files, sockets, the pid file) exist, and belong to -u when they are new."""
+    prepare_directories([*files, *([settings.pidfile] if settings.pidfile else [])],
+                        check(settings))
+
+
+def prepare(settings: ProcessSettings, *, capabilities: Mapping[str, str] | None = None
+            ) -> None:
+    """Before the loop starts (after the services were built): log targets, the daemon's
+    fork, the pid file, and the privilege drop once every service has started;
+    `capabilities` is what it keeps after the set-up, with the reason for each."""
+    foreground = settings.foreground or settings.debug
+    targets = list(settings.log)
+    if settings.debug:
+        targets.append(LogTarget("stdout", 5))
+    identity = check(settings)
+    logtargets.configure(targets or logtargets.default_targets(foreground))
+    d = Daemonizer() if not foreground else None
     if d is not None:
         d.detach()
     if settings.pidfile:
@@ -141,10 +195,9 @@ def prepare(settings: ProcessSettings, *, daemonize: bool) -> None:
             write_pidfile(settings.pidfile)
         except OSError as exc:
             raise ConfigError(f"-P {settings.pidfile}: {exc.strerror}") from None
+    keep = dict(capabilities or {})
     # privileges go before the parent is released: its exit status then tells whether the
     # daemon really runs as it was asked to
-    if settings.user or settings.chroot:
-        daemon.READY_HOOKS.append(lambda: drop_privileges(
-            settings.user, settings.group, settings.chroot))
+    daemon.READY_HOOKS.append(lambda: drop_privileges(identity, settings.chroot, keep))
     if d is not None:
         daemon.READY_HOOKS.append(d.ready)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 
@@ -30,7 +31,8 @@ class TransportError(RelayError):
 
 class UdpTransport:
     """One socket per address family (like anytun: 0.0.0.0 and [::] with V6ONLY), or one
-    socket bound to -i."""
+    socket bound to -i. No SO_REUSEADDR: a second daemon on the same address and port is
+    refused instead of silently taking a share of the datagrams."""
 
     def __init__(self, bind: str | None, port: int, families: tuple[int, ...] = (4, 6), *,
                  lite: bool = False) -> None:
@@ -52,7 +54,6 @@ class UdpTransport:
         try:
             if af == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
@@ -78,6 +79,12 @@ class UdpTransport:
             try:
                 self.sockets[family] = self._open_socket(family, host)
             except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    await self.close()
+                    where = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+                    raise TransportError(
+                        f"{self.kind} port {where} is in use (another anytun-relay or "
+                        "anytun running?)") from None
                 errors.append(f"{host}:{self.port}: {exc.strerror or exc}")
         if not self.sockets:
             raise TransportError(f"cannot open a {self.kind} socket: {'; '.join(errors)}")

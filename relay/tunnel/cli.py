@@ -1,4 +1,4 @@
-"""anytun-relay's tunnel options: anytun's command line, plus the transports of the seeds, read
+"""anytun-relay's tunnel options: anytun's command line, plus anytun-relay's own transports, read
 into TunnelSettings (relay.tunnel.settings). This is the only tunnel module that sees argparse.
 
 An anytun or uanytun command line works with anytun-relay in its place (same options, same
@@ -301,12 +301,21 @@ def settings_from_args(args: argparse.Namespace) -> TunnelSettings | None:
     return _peer(args)
 
 
-def _from_file(args: argparse.Namespace) -> ServerSettings:
+def refuse_node_options(args: argparse.Namespace) -> None:
+    """With --config the file describes the node and its connections: refuse them on the
+    command line."""
     given = [d for d in _FILE_ONLY if _given(args, d)]
     if given:
         raise ConfigError(f"with --config, put the node's settings in the file "
                           f"(given on the command line: --{given[0].replace('_', '-')})")
-    return dataclasses.replace(nodefile.load(args.config), dataplane=args.dataplane)
+
+
+def _from_file(args: argparse.Namespace) -> ServerSettings:
+    refuse_node_options(args)
+    settings = nodefile.load(args.config)
+    if args.dataplane != "auto":   # given on the command line: it wins over [node].dataplane
+        settings = dataclasses.replace(settings, dataplane=args.dataplane)
+    return settings
 
 
 def _controld(args: argparse.Namespace) -> ServerSettings:

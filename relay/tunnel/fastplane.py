@@ -43,7 +43,7 @@ from relay.tunnel.table import (
     Progress,
     RemoteChanged,
 )
-from relay.tunnel.tundev import VNET_HDR_LEN, TunSwitchError, set_vnet_hdr
+from relay.tunnel.tundev import IFF_PERSIST, VNET_HDR_LEN, TunSwitchError, flags_of, set_vnet_hdr
 
 log = logging.getLogger("anytun-relay.fastpath")
 LOCAL = "local"
@@ -53,6 +53,13 @@ _DROP_NAMES = {"rx_short": "short", "rx_auth": "auth", "rx_replay": "replay",
                "rx_bad_type": "payload_type", "tx_no_remote": "no_remote",
                "tx_oversize": "oversize_dropped", "tx_error": "send_error",
                "rx_dev_error": "device_write"}
+
+
+def _persistent(fd: int) -> bool:
+    try:
+        return bool(flags_of(fd)[1] & IFF_PERSIST)
+    except OSError:
+        return False
 
 
 @dataclass
@@ -185,7 +192,9 @@ class FastPlane:
             self._unsubscribe()
             self._unsubscribe = None
         self._stop_engine()
-        if self.vnet:
+        # a device that is not persistent disappears with its fd: nothing to give back (and
+        # re-attaching it needs CAP_NET_ADMIN, which a daemon may have given up by now)
+        if self.vnet and _persistent(self.h.device_fd):
             try:
                 set_vnet_hdr(self.h.device_fd, False)
                 self.vnet = False

@@ -28,6 +28,7 @@ from relay.transport.remote import Remote
 from relay.tunnel.device import IfConfig
 from relay.tunnel.routes import Prefix, RouteError
 from relay.tunnel.settings import (
+    DATAPLANES,
     DEFAULT_KEEPALIVE,
     DEFAULT_PORT,
     DEFAULT_WINDOW,
@@ -48,12 +49,15 @@ class NodeConfigError(ConfigError, ValueError):
 
 _NODE_KEYS = {"interface", "port", "transports", "ipv4_only", "ipv6_only", "sender_id",
               "device", "device_name", "ifconfig", "mtu", "post_up", "max_datagram",
-              "control_socket", "seq_file", "tunneling", "kernel_routes", "keepalive"}
+              "control_socket", "seq_file", "tunneling", "kernel_routes", "dataplane",
+              "keepalive"}
 _DEFAULT_KEYS = {"cipher", "auth", "kd", "tag_length", "window", "role"}
 _CONN_KEYS = _DEFAULT_KEYS | {"mux", "name", "passphrase", "key", "salt", "routes", "remote"}
 _OPEN_KEYS = {"enabled", "snat4", "snat6", "out_interface"}
 _AARP_KEYS = {"anycast", "unicast", "port", "key"}
-_TOP_KEYS = {"node", "defaults", "open_tunnel", "aarp", "connection"}
+# the sections of the rest of the node (relay.configfile reads them)
+_OTHER_SECTIONS = {"process", "relay", "cluster"}
+_TOP_KEYS = {"node", "defaults", "open_tunnel", "aarp", "connection", *_OTHER_SECTIONS}
 
 
 def _check_keys(where: str, table: Any, allowed: set[str]) -> dict:
@@ -194,6 +198,10 @@ def parse(text: str, source: str = "config") -> ServerSettings:
     device = _get(w, n, "device", str, "tun")
     if device not in ("tun", "tap"):
         raise NodeConfigError(f"{w}.device must be tun or tap, not {device!r}")
+    dataplane = _get(w, n, "dataplane", str, "auto")
+    if dataplane not in DATAPLANES:
+        raise NodeConfigError(f"{w}.dataplane must be one of {', '.join(DATAPLANES)}, not "
+                              f"{dataplane!r}")
     iface = _get(w, n, "interface", str)
     ifconfig = []
     for text in _strings(w, n, "ifconfig"):
@@ -263,7 +271,8 @@ def parse(text: str, source: str = "config") -> ServerSettings:
         specs.append(spec)
     return ServerSettings(node, tuple(specs), tunneling=bool(_get(w, n, "tunneling", bool, True)),
                           kernel_routes=bool(_get(w, n, "kernel_routes", bool, True)),
-                          open_tunnel=open_tunnel, aarp=aarp, defaults=default_spec)
+                          open_tunnel=open_tunnel, aarp=aarp, defaults=default_spec,
+                          dataplane=dataplane)
 
 
 def read_text(path: str, limit: int = MAX_FILE) -> str:

@@ -270,7 +270,9 @@ def test_redis_restart_and_node_restart_during_traffic(cluster: Cluster) -> None
 
 def test_sync_option_mistakes_are_one_line_errors(cluster: Cluster, tmp_path: Path) -> None:
     path = tmp_path / "n.toml"
-    path.write_text(node_config(3).replace("tun7", "tun9"))
+    # its own device and port: node 1 runs here, and a taken port is refused first
+    path.write_text(node_config(3).replace('device_name = "tun7"',
+                                           'device_name = "tun9"\nport = 4555'))
     for extra, words in ((["--sync", "http://x"], "--sync"),
                          (["--sync-node", "bad name"], "--sync-node"),
                          (["--cluster-key-file", "/nonexistent"], "--cluster-key-file"),

@@ -54,7 +54,7 @@ def relay_argv(name: str, work: Path, ng: str = NG, addresses: tuple[str, ...] =
                 f"--port-min={ports[0]}", f"--port-max={ports[1]}", "--log-stderr",
                 "--log-level=6", "--delete-delay=0", f"--recording-dir={rec}",
                 "--recording-method=pcap"]
-    return [sys.executable, "-m", "relay.cli", "--listen-ng", ng,
+    return [sys.executable, "-m", "relay.cli", "-D", "-L", "stderr:4", "--listen-ng", ng,
             *itertools.chain.from_iterable(("--rtp-address", a) for a in addresses),
             "--rtp-ports", f"{ports[0]}-{ports[1]}", "--rtp-timeout", "5",
             "--recording-dir", str(rec)]

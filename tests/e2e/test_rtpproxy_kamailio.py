@@ -126,7 +126,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         unix = str(work / "ctl.sock")
         relay_log = work / "relay.log"
         with relay_log.open("w") as out:
-            relay = s1.popen([sys.executable, "-m", "relay.cli", "--rtpproxy", CTL,
+            relay = s1.popen([sys.executable, "-m", "relay.cli", "-D", "-L", "stderr:4",
+                              "--rtpproxy", CTL,
                               "--rtpproxy", CTL6, "--rtpproxy", f"unix:{unix}",
                               "--rtp-address", AA4, "--rtp-address", AA6,
                               "--rtp-ports", f"{PORTS[0]}-{PORTS[1]}", "--rtp-timeout", "5"],

@@ -23,6 +23,15 @@ def test_no_import_cycles() -> None:
     assert cycles == []
 
 
+def test_the_shared_operations_kit_stands_alone() -> None:
+    """aarp.ops serves both daemons: it imports nothing else of aarp and nothing of relay."""
+    graph = grimp.build_graph(*PACKAGES)
+    outside = sorted((m, i) for m in graph.find_descendants("aarp.ops") | {"aarp.ops"}
+                     for i in graph.find_modules_directly_imported_by(m)
+                     if i.split(".")[0] in ("aarp", "relay") and not i.startswith("aarp.ops"))
+    assert outside == []
+
+
 def test_the_import_contracts_hold() -> None:
     exe = Path(sys.executable).parent / "lint-imports"
     if not exe.exists():

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from aarp.ops_http import ListenError, OpsHttpServer, Reply, parse_listen
+from aarp.ops.http import ListenError, OpsHttpServer, Reply, parse_listen
 
 
 async def _raw(port: int, data: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""A small HTTP listener for operations endpoints (`GET /health`, later `/metrics`).
+"""A small HTTP listener for operations endpoints (`GET /health`, `/metrics`, `/status`).
 
 Daemons register routes (path -> async handler returning status, content type and body) and
 run the listener as one of their services; routers' health checks, load balancers and

@@ -1,0 +1,113 @@
+"""aarp.ops: the Prometheus text format (checked by prometheus_client's own parser), sd_notify
+over a real datagram socket, the journald and syslog log variants, and capabilities read from
+the kernel (the HTTP listener: test_ops_http.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from aarp.ops import caps, logfmt, sdnotify
+from aarp.ops.exposition import Metrics
+
+
+def test_exposition_parses_with_prometheus_client() -> None:
+    m = Metrics("anytun_relay")
+    m.counter("tunnel_packets_total", "Packets per client\nand direction",
+              [({"mux": 1, "direction": "rx"}, 42), ({"mux": 1, "direction": "tx"}, 7)])
+    m.gauge("odd_labels", "Labels with quotes", [({"name": 'a "b"\\c\nd'}, 1.5)])
+    m.gauge("plain", "No labels", [({}, 3)])
+    families = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
+    assert families["anytun_relay_tunnel_packets"].type == "counter"
+    samples = {tuple(sorted(s.labels.items())): s.value
+               for s in families["anytun_relay_tunnel_packets"].samples}
+    assert samples[(("direction", "rx"), ("mux", "1"))] == 42
+    assert families["anytun_relay_odd_labels"].samples[0].labels["name"] == 'a "b"\\c\nd'
+    assert families["anytun_relay_plain"].samples[0].value == 3
+
+
+@pytest.mark.parametrize("name,labels", [("bad-name", {}), ("ok", {"bad-label": 1}),
+                                         ("ok", {"0x": 1})])
+def test_exposition_refuses_bad_names(name: str, labels: dict) -> None:
+    with pytest.raises(ValueError):
+        Metrics("x").gauge(name, "h", [(labels, 1)])
+
+
+def test_sd_notify_over_a_real_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(2)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        assert sdnotify.ready("serving")
+        assert sock.recv(4096) == b"READY=1\nSTATUS=serving"
+        assert sdnotify.reloading()
+        got = sock.recv(4096).decode().split("\n")
+        assert got[0] == "RELOADING=1" and got[1].startswith("MONOTONIC_USEC=")
+        assert sdnotify.stopping() and sock.recv(4096) == b"STOPPING=1"
+    monkeypatch.setenv("NOTIFY_SOCKET", "@ops-test-abstract-none-listens")
+    assert not sdnotify.ready()            # nobody there: no exception, just False
+    monkeypatch.setenv("NOTIFY_SOCKET", "relative/path")
+    assert not sdnotify.ready()
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not sdnotify.ready()
+
+
+def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert sdnotify.watchdog_interval() == 15
+    monkeypatch.setenv("WATCHDOG_PID", "1")          # meant for another process
+    assert sdnotify.watchdog_interval() is None
+    monkeypatch.setenv("WATCHDOG_USEC", "garbage")
+    assert sdnotify.watchdog_interval() is None
+
+
+def _record(level: int, msg: str) -> logging.LogRecord:
+    return logging.LogRecord("anytun-relay.udp", level, __file__, 1, msg, None, None)
+
+
+def test_log_line_formats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = (tmp_path / "stream").open("w")
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    line = logfmt.stream_handler(out).format(_record(logfmt.NOTICE, "listening"))
+    date, clock, level, rest = line.split(" ", 3)
+    assert len(date) == 10 and len(clock) == 12 and level == "NOTICE"
+    assert rest == "anytun-relay.udp: listening"
+    st = os.fstat(out.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    h = logfmt.stream_handler(out)
+    assert h.format(_record(logfmt.NOTICE, "listening")) == "<5>anytun-relay.udp: listening"
+    assert h.format(_record(logging.ERROR, "x")).startswith("<3>")
+    assert h.format(_record(logging.DEBUG, "x")).startswith("<7>")
+    other = (tmp_path / "other").open("w")      # another stream is not the journal
+    assert not logfmt.on_journal(other)
+    assert logfmt.stream_handler(other).format(_record(logfmt.NOTICE, "x")).endswith(
+        "NOTICE anytun-relay.udp: x")
+    monkeypatch.setenv("JOURNAL_STREAM", "junk")
+    assert not logfmt.on_journal(out)
+
+
+def test_missing_syslog_socket_is_an_error(monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path) -> None:
+    monkeypatch.setattr(logfmt, "DEVLOG", str(tmp_path / "no-log-here"))
+    with pytest.raises(logfmt.LogTargetError, match="no syslog socket"):
+        logfmt.syslog_handler("anytun-relay")
+    with pytest.raises(logfmt.LogTargetError, match="facility"):
+        logfmt.syslog_handler("anytun-relay", "nonsense")
+    with pytest.raises(logfmt.LogTargetError, match="cannot open"):
+        logfmt.file_handler("/proc/no/such/dir/x.log")
+
+
+def test_capabilities_of_this_process() -> None:
+    sets = caps.read()
+    assert set(sets) == {"effective", "permitted", "inheritable", "bounding", "ambient"}
+    if os.geteuid() == 0:
+        assert "CAP_NET_ADMIN" in sets["bounding"]
+    with pytest.raises(ValueError):
+        caps._mask(["CAP_NO_SUCH_THING"])
