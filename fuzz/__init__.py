@@ -3,7 +3,7 @@
 * fuzz/c/   libFuzzer harnesses, built with clang under AddressSanitizer + UBSan, linking the
             project's own C sources (shim_c/, relay/fastpath/);
 * fuzz/py/  atheris harnesses for the Python parsers and the Python data plane;
-* fuzz/corpus/<harness>/       seed inputs (`python -m fuzz seed` makes them from the vectors)
+* fuzz/corpus/<harness>/       initial inputs (`python -m fuzz init` makes them from the vectors)
                                plus inputs merged in after long runs;
 * fuzz/regressions/<harness>/  inputs that once crashed, hung or used too much memory.
 

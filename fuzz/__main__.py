@@ -1,9 +1,9 @@
-"""python -m fuzz {run,check,seed,merge,build,list} [harness or prefix ...]
+"""python -m fuzz {run,check,init,merge,build,list} [harness or prefix ...]
 
   run    fuzz each harness for --seconds (FUZZ_SECONDS, default 60); findings are kept in
          fuzz/regressions/<harness>/; prints iterations and coverage per harness
   check  one pass over each harness's corpus and regressions (what `make test` does)
-  seed   regenerate the seed corpora from the vectors
+  init   regenerate the initial inputs of the corpora from the vectors
   merge  add the inputs of the last runs that reach new coverage to fuzz/corpus/
   build  compile the C harnesses
   list   the harnesses
@@ -34,7 +34,7 @@ def _table(results: list[hz.Result]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fuzz", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", choices=("run", "check", "seed", "merge", "build", "list"))
+    ap.add_argument("action", choices=("run", "check", "init", "merge", "build", "list"))
     ap.add_argument("names", nargs="*", help="harness names or prefixes (c_, py_); default all")
     ap.add_argument("--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", "60")),
                     help="per harness, for run (default $FUZZ_SECONDS or 60)")
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         for h in chosen:
             print(f"{h.name:18} {h.what}")
         return 0
-    if args.action == "seed":
-        from fuzz import seeds
+    if args.action == "init":
+        from fuzz import initial
         for h in chosen:
-            print(f"{h.name}: {seeds.write(h.name)} seeds")
+            print(f"{h.name}: {initial.write(h.name)} initial inputs")
         return 0
     if any(h.kind == "c" for h in chosen):
         why = hz.can_build()

@@ -1,4 +1,4 @@
-"""Fixed parameters that a harness and the seed corpus must agree on (the C harnesses keep the
+"""Fixed parameters that a harness and its initial inputs must agree on (the C harnesses keep the
 same tables; keep them in step)."""
 
 from __future__ import annotations

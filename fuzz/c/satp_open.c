@@ -1,7 +1,7 @@
 /* The fast path's SATP open (relay/fastpath/satp.c): any datagram under any of a set of
  * suites either fails cleanly ("short"/"auth") or opens, and what opens seals back into the
  * very same bytes under the sender's role. The first input byte picks the suite and keys
- * (the same table as fuzz/cases.py, which the seed corpus is made with). */
+ * (the same table as fuzz/cases.py, which the initial inputs are made with). */
 #include "../../relay/fastpath/internal.h"
 #include "common.h"
 

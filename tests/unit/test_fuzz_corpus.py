@@ -1,4 +1,4 @@
-"""Every fuzz harness (fuzz/) replays its seed corpus and its regression inputs: what once
+"""Every fuzz harness (fuzz/) replays its corpus and its regression inputs: what once
 crashed, hung or used too much memory must pass now, within the per-input time and memory
 bounds the harness sets (a slow input fails like a crash). `make fuzz` is the long run."""
 
@@ -10,7 +10,7 @@ import os
 import pytest
 
 from fuzz import harnesses as hz
-from fuzz import seeds
+from fuzz import initial
 from tests.conftest import require
 
 
@@ -35,11 +35,11 @@ def test_harness_passes_its_corpus_and_regressions(h: hz.Harness, request) -> No
     assert r.execs >= min(runs, 1), r.tail  # it really ran the inputs
 
 
-def test_the_seed_corpora_are_the_vectors_of_today() -> None:
-    """`python -m fuzz seed` was run after the vectors last changed."""
-    for name, make in seeds.GENERATORS.items():
-        have = {p.read_bytes() for p in (hz.CORPUS / name).glob("seed-*")}
-        assert set(make()) <= have, f"run `python -m fuzz seed {name}`"
+def test_the_initial_inputs_are_the_vectors_of_today() -> None:
+    """`python -m fuzz init` was run after the vectors last changed."""
+    for name, make in initial.GENERATORS.items():
+        have = {p.read_bytes() for p in (hz.CORPUS / name).glob("init-*")}
+        assert set(make()) <= have, f"run `python -m fuzz init {name}`"
 
 
 def test_every_harness_bounds_time_and_memory_per_input() -> None:

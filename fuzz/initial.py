@@ -1,7 +1,7 @@
-"""Seed inputs for every harness, made from the project's vectors (tests/vectors/**: the SATP
+"""The initial inputs of every harness, made from the project's vectors (tests/vectors/**: the SATP
 datagrams captured between the real anytun and uanytun, the AARP message and configuration
-vectors) and from a few well-formed examples of each input kind. `python -m fuzz seed`
-rewrites fuzz/corpus/<harness>/seed-*; inputs merged in from fuzzing runs stay."""
+vectors) and from a few well-formed examples of each input kind. `python -m fuzz init`
+rewrites fuzz/corpus/<harness>/init-*; inputs merged in from fuzzing runs stay."""
 
 from __future__ import annotations
 
@@ -303,13 +303,13 @@ GENERATORS = {
 
 
 def write(name: str) -> int:
-    """Replace fuzz/corpus/<name>/seed-* with freshly generated seeds; returns how many."""
+    """Replace fuzz/corpus/<name>/init-* with freshly generated inputs; returns how many."""
     d: Path = CORPUS / name
     d.mkdir(parents=True, exist_ok=True)
-    for old in d.glob("seed-*"):
+    for old in d.glob("init-*"):
         old.unlink()
     n = 0
     for data in GENERATORS[name]():
-        (d / f"seed-{hashlib.sha1(data).hexdigest()[:16]}").write_bytes(data)
+        (d / f"init-{hashlib.sha1(data).hexdigest()[:16]}").write_bytes(data)
         n += 1
     return n
