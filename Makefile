@@ -29,13 +29,15 @@ APT_DEB := $(APT_RUNTIME) python3-dev dpkg-dev
 APT_DEMO := $(APT_RUNTIME) uanytun kamailio sip-tester redis-server bird2 exabgp
 
 .PHONY: help deps-runtime deps-test deps-bench deps-demo venv build install demo test test-unit lint \
-	bench clean deb deps-deb
+	bench fuzz clean deb deps-deb
 
 help:
 	@echo "make demo     install what is needed and run the anycast lab demo"
 	@echo "make test     install test dependencies and run the whole suite"
 	@echo "make lint     ruff over the Python code, and the import layers (lint-imports)"
 	@echo "make bench    benchmarks against the real peers (prints ratios)"
+	@echo "make fuzz     fuzz every harness for FUZZ_SECONDS each (default 60); findings go to"
+	@echo "              fuzz/regressions/ (python -m fuzz --help for one harness, merging)"
 	@echo "make install  install the commands, libaarp.so, units, man pages (PREFIX, DESTDIR)"
 	@echo "make deb      build the Debian package into dist/"
 
@@ -78,7 +80,7 @@ demo: deps-demo build
 	$(PY) -m demo
 
 lint: venv
-	$(VENV)/bin/ruff check aarp relay tests bench lab demo packaging setup.py
+	$(VENV)/bin/ruff check aarp relay tests bench lab demo packaging fuzz setup.py
 	$(VENV)/bin/lint-imports
 
 test: deps-test build lint
@@ -89,6 +91,12 @@ test-unit: build
 
 bench: deps-bench build
 	$(PY) -m bench
+
+# Coverage-guided fuzzing (fuzz/): libFuzzer harnesses under ASan+UBSan for the C parsers and
+# data plane, atheris harnesses for the Python ones. `make test` replays their corpora.
+FUZZ_SECONDS ?= 60
+fuzz: deps-test build
+	$(PY) -m fuzz run --seconds $(FUZZ_SECONDS)
 
 # System-wide: a private venv under $(PREFIX)/lib/anycast-toolkit, the commands linked into
 # $(PREFIX)/bin, libaarp.so in $(LIBDIR) (so the literal LD_PRELOAD=libaarp.so CMD works), the

@@ -45,7 +45,7 @@ LWW_KINDS = ("connection", "endpoint", "route", "session", "translation", "node"
 JOIN_KINDS = ("progress",)
 KINDS = LWW_KINDS + JOIN_KINDS
 SEQ_SPACE = 1 << 32
-NODE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+NODE_RE = re.compile(r"\A[A-Za-z0-9._:-]{1,64}\Z")  # \Z: "$" would let a newline through
 DAY_MS = 86_400_000
 
 
@@ -98,6 +98,16 @@ class Record:
         except KeyError as exc:
             raise RecordError(f"record lacks field {exc}") from None
         return make(kind, key, Version(stamp, node), data)
+
+
+def decode(raw: bytes | str) -> Record:
+    """A record from the JSON text a backend stores or a peer sends; RecordError for anything
+    else, also for JSON nested too deep to parse (json raises RecursionError then)."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise RecordError(f"not a JSON record: {exc}") from None
+    return Record.from_json(obj)
 
 
 def make(kind: Any, key: Any, version: Version, data: Any) -> Record:

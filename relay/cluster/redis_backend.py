@@ -50,6 +50,7 @@ from relay.cluster.records import (
     Record,
     RecordError,
     Store,
+    decode,
     merge,
 )
 from relay.rtpproxy.ports import PairRange, PortsExhausted
@@ -274,8 +275,8 @@ class RedisBackend:
 
     def _decode(self, raw: bytes | str, where: str) -> Record | None:
         try:
-            return Record.from_json(json.loads(raw))
-        except (ValueError, RecordError) as exc:  # JSONDecodeError is a ValueError
+            return decode(raw)
+        except RecordError as exc:
             self.rejected += 1
             log.warning("redis sync: ignoring a malformed record at %s: %s", where, exc)
             return None

@@ -71,9 +71,11 @@ int fp_segment(const fp_vnet_hdr *vh, uint8_t *pkt, size_t len, uint8_t *scratch
 typedef struct fp_coalescer fp_coalescer;
 fp_coalescer *fp_coalescer_new(int dev_fd, bool tcp, bool uso);
 void fp_coalescer_free(fp_coalescer *c);
-/* Queue one inner IP packet (copied); it is written before the call returns or at flush. */
+/* Queue one inner IP packet by reference (no copy): `pkt` must stay valid and unchanged until
+ * the next fp_coalescer_flush, which writes it (a full queue is flushed first, within this
+ * call). The engine's packets live in its receive arena, which it flushes before reusing. */
 void fp_coalescer_add(fp_coalescer *c, const uint8_t *pkt, size_t len);
-/* Write everything queued (the packets' memory may be reused afterwards). */
+/* Write everything queued; afterwards the packets' memory may be reused. */
 void fp_coalescer_flush(fp_coalescer *c);
 uint64_t fp_coalescer_take_merged(fp_coalescer *c);
 uint64_t fp_coalescer_take_errors(fp_coalescer *c);

@@ -8,7 +8,8 @@
  * datagrams, when the kernel takes USO) of one flow into one GSO write, the way the kernel's
  * own GRO would: same headers, contiguous sequence numbers, checksums verified first.
  * Anything unusual (IP options, extension headers, SYN/FIN/RST/URG/ECN flags, bad checksums,
- * fragments) is written on its own, unchanged.
+ * fragments) is written on its own, unchanged. Packets of one flow keep their order; packets
+ * of different flows may pass each other, as with the kernel's GRO.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -383,36 +384,63 @@ static entry *new_entry(fp_coalescer *c, const uint8_t *pkt, size_t len) {
     return e;
 }
 
+/* The open super-packet of p's flow (addresses, protocol, ports), or -1. */
+static int open_of_flow(const fp_coalescer *c, const uint8_t *p, const l4info *li) {
+    for (int k = 0; k < c->nopen; k++) {
+        const entry *e = &c->e[c->open[k]];
+        const uint8_t *f = e->first;
+        if (li->v6 == e->li.v6 && li->proto == e->li.proto &&
+            !(li->v6 ? memcmp(f + 8, p + 8, 32) : memcmp(f + 12, p + 12, 8)) &&
+            !memcmp(f + e->li.iphl, p + li->iphl, 4))
+            return k;
+    }
+    return -1;
+}
+
+/* A packet that is written on its own. Nothing queued later may join a super-packet queued
+ * before it if that would reorder them: one of an unknown shape (fragment, not TCP/UDP,
+ * inconsistent lengths) ends every open super-packet, one of a known flow ends its flow's. */
+static void add_alone(fp_coalescer *c, const uint8_t *pkt, size_t len, const l4info *li) {
+    if (!li)
+        c->nopen = 0;
+    else {
+        int k = open_of_flow(c, pkt, li);
+        if (k >= 0)
+            close_open(c, k);
+    }
+    new_entry(c, pkt, len);
+}
+
 void fp_coalescer_add(fp_coalescer *c, const uint8_t *pkt, size_t len) {
     l4info li;
-    if (!parse_l4(pkt, len, &li) || (li.proto == PROTO_UDP ? !c->uso : !c->tcp)) {
-        new_entry(c, pkt, len);
+    if (!parse_l4(pkt, len, &li)) {
+        add_alone(c, pkt, len, NULL);
         return;
     }
     int tcp = li.proto == PROTO_TCP;
     const uint8_t *l4 = pkt + li.iphl;
     size_t hl = li.iphl + li.l4hl, pay = len - hl;
     uint8_t flags = tcp ? l4[13] : 0;
-    /* ACK required; PSH allowed (it ends the super-packet); nothing else */
-    int mergeable = pay > 0 && (!tcp || (flags & ~0x08) == 0x10) &&
-                    (li.v6 || (pkt[6] & 0x40) || !tcp);
+    /* ACK required; PSH allowed (it ends the super-packet); nothing else. Checksums first,
+     * as the kernel's GRO does: a damaged packet goes through unchanged (the kernel drops it
+     * and counts the error), never inside a super-packet with fresh checksums. */
+    int mergeable = (tcp ? c->tcp : c->uso) && pay > 0 &&
+                    (!tcp || (flags & ~0x08) == 0x10) && (li.v6 || (pkt[6] & 0x40) || !tcp) &&
+                    (li.v6 || fp_csum_fold(fp_csum_add(0, pkt, li.iphl)) == 0xffff) &&
+                    l4_csum_ok(pkt, len, &li);
     if (!mergeable) {
-        new_entry(c, pkt, len);
-        return;
-    }
-    if (!l4_csum_ok(pkt, len, &li)) {
-        new_entry(c, pkt, len); /* unchanged: the kernel drops it and counts the error */
+        add_alone(c, pkt, len, &li);
         return;
     }
     uint16_t id = li.v6 ? 0 : rd16(pkt + 4);
     uint32_t seq = tcp ? rd32(l4 + 4) : 0;
-    for (int k = 0; k < c->nopen; k++) {
-        entry *e = &c->e[c->open[k]];
-        if (!same_headers(e, pkt, &li))
-            continue;
+    int k = open_of_flow(c, pkt, &li);
+    if (k >= 0) {
         /* this flow's open super-packet: join it, or close it and start afresh */
-        int fits = (!tcp || seq == e->next_seq) && (li.v6 || id == e->next_id) &&
-                   pay <= e->seg && e->count < CO_MAX_SEGS && e->payload + pay + hl <= 65535;
+        entry *e = &c->e[c->open[k]];
+        int fits = same_headers(e, pkt, &li) && (!tcp || seq == e->next_seq) &&
+                   (li.v6 || id == e->next_id) && pay <= e->seg && e->count < CO_MAX_SEGS &&
+                   e->payload + pay + hl <= 65535;
         if (fits) {
             e->segs[e->count++] = (struct iovec){(void *)(pkt + hl), pay};
             e->payload += pay;
@@ -427,7 +455,6 @@ void fp_coalescer_add(fp_coalescer *c, const uint8_t *pkt, size_t len) {
             return;
         }
         close_open(c, k);
-        break;
     }
     entry *e = new_entry(c, pkt, len);
     e->li = li;

@@ -180,17 +180,17 @@ int fp_replay_accept(fp_replay *r, uint16_t sender_id, uint32_t seq, double now)
         return FP_FRESH;
     }
     uint32_t back = st->high - seq; /* 0 for seq == high */
-    if (r->p.size && back < r->p.size) {
-        if (!get_bit(r, st, seq)) {
-            set_bit(r, st, seq);
-            st->last_fresh = now;
-            return FP_IN_WINDOW;
-        }
-        /* seen before: a replay, or a restarted peer's packet (a candidate, as below) */
-        return restart(r, st, seq, now) ? FP_RESTART : FP_REPLAY;
+    if (r->p.size && back < r->p.size && !get_bit(r, st, seq)) {
+        set_bit(r, st, seq);
+        st->last_fresh = now;
+        return FP_IN_WINDOW;
     }
+    /* seen before or below the window: a replay, or the first packets of a restarted peer
+     * (inside the window when it had sent fewer packets than the window holds) */
     if (restart(r, st, seq, now))
         return FP_RESTART;
+    if (r->p.size && back < r->p.size)
+        return FP_REPLAY;
     return r->p.size ? FP_TOO_OLD : FP_STALE;
 }
 

@@ -85,10 +85,10 @@ def fragment_ipv4(packet: bytes, mtu: int) -> list[bytes] | None:
     if flags_off & 0x4000 or ihl < 20 or len(packet) < ihl:
         return None
     step = (mtu - ihl) // 8 * 8
-    if step <= 0:
-        return None
     header, data = bytearray(packet[:ihl]), packet[ihl:]
     base_off = flags_off & 0x1FFF
+    if step <= 0 or base_off * 8 + len(data) > 0xFFFF:
+        return None  # (offsets past 64 KiB would spill into the flag bits)
     more_after = flags_off & 0x2000
     out = []
     for start in range(0, len(data), step):

@@ -247,12 +247,12 @@ class ConnectionTable:
 
     # -- MAC learning (tap) -------------------------------------------------------------------
     def learn_mac(self, mac: bytes, mux: int, *, origin: str = LOCAL) -> None:
-        if self.macs.get(mac) == mux:
+        old = self.macs.get(mac)
+        if old == mux:
             return
         mine = self._macs_of.setdefault(mux, set())
-        if mac not in self.macs and len(mine) >= MAX_MACS_PER_CONNECTION:
+        if old is None and len(mine) >= MAX_MACS_PER_CONNECTION:
             return  # a client may not fill the node's memory with made-up MACs
-        old = self.macs.get(mac)
         if old is not None:
             self._macs_of[old].discard(mac)
         self.macs[mac] = mux

@@ -16,6 +16,7 @@ from relay.cluster.records import (
     Store,
     Version,
     canonical,
+    decode,
     make,
     merge,
     progress_data,
@@ -232,3 +233,16 @@ def test_sealed_keys_open_only_with_the_key_and_context() -> None:
             bad()
     with pytest.raises(ValueError):
         ClusterKey.from_text("short")
+
+
+def test_decode_refuses_what_is_no_record_with_record_error_only() -> None:
+    good = make("route", "10.9.0.0/16", Version(5, "n1"), {"prefix": "10.9.0.0/16", "mux": 1})
+    assert decode(canonical(good.to_json())) == good
+    deep = b'{"k":"route","id":"x","t":1,"n":"a","d":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    for raw in (b"", b"{", b"[]", b'{"k":"route"}', deep,  # deep: json raised RecursionError
+                b'{"k":"route","id":"x","t":1,"n":"a\n","d":{}}'):  # "$" matched before \n
+        with pytest.raises(RecordError):
+            decode(raw)
+    with pytest.raises(RecordError):
+        Store("node-a\n")
+

@@ -465,6 +465,25 @@ def test_interleaved_flows_keep_their_order() -> None:
     assert writes[0][10 + 40:] == b"A" * 300 and writes[1][10 + 28:] == b"B" * 150
 
 
+def test_a_flow_keeps_its_order_around_packets_written_alone() -> None:
+    """Segments that continue a super-packet must not be merged across a packet of the same
+    flow that was written on its own (here an RST, and a segment whose IPv4 header checksum
+    is broken), nor across a packet of no known flow: the kernel would see them reordered."""
+    a0, a1 = tcp4(b"a" * 500, seq=0, ident=1), tcp4(b"b" * 500, seq=500, ident=3)
+    rst = tcp4(b"", seq=500, ident=2, flags=0x14)
+    merged, writes = coalesce([a0, rst, a1])
+    assert merged == 0 and [w[10:] for w in writes] == [a0, rst, a1]
+    bad = bytearray(tcp4(b"b" * 500, seq=500, ident=2))
+    bad[10] ^= 0xFF  # IPv4 header checksum
+    merged, writes = coalesce([a0, bytes(bad), tcp4(b"c" * 500, seq=1000, ident=3)])
+    assert merged == 0 and writes[1][10:] == bytes(bad)
+    merged, writes = coalesce([a0, b"junk", a1])
+    assert merged == 0 and [w[10:] for w in writes] == [a0, b"junk", a1]
+    other = udp4(b"u" * 50, ident=9)  # another flow may pass
+    merged, writes = coalesce([a0, other, tcp4(b"b" * 500, seq=500, ident=2)])
+    assert merged == 1 and writes[1][10:] == other
+
+
 def test_garbage_packets_pass_through_unharmed() -> None:
     rnd = random.Random(5)
     junk = [rnd.randbytes(rnd.randrange(1, 200)) for _ in range(200)]

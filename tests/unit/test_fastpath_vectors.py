@@ -209,6 +209,18 @@ def test_replay_window_cost_does_not_grow_with_the_jump(size: int) -> None:
     assert window.high_water() == guard.high_water()
 
 
+def test_a_restart_inside_the_window_is_detected_in_c_too() -> None:
+    """A peer that sent fewer packets than the window before restarting repeats seqs the
+    window has seen: Python counted them as restart candidates, C answered "replay" forever
+    (until the peer passed its old highest seq)."""
+    guard, w = _both(1024, restart_after=8, restart_quiet=2.0)
+    for s in range(500):
+        assert w.accept(0, s, 0.0) == guard.accept(0, s, 0.0)
+    got = [(w.accept(0, s, 3.0), guard.accept(0, s, 3.0)) for s in range(9)]
+    assert [c for c, _ in got] == [p for _, p in got] == \
+        [Verdict.REPLAY] * 7 + [Verdict.RESTART, Verdict.FRESH]
+
+
 def test_replay_window_basics() -> None:
     w = fastpath.ReplayWindow(fastpath.ReplayParams(64))
     assert w.accept(1, 100, 0) is Verdict.FRESH

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ from relay.transport.remote import Remote
 from relay.tunnel import packet as pk
 from relay.tunnel.dataplane import Dataplane, DataplaneConfig
 from relay.tunnel.routes import Prefix
-from relay.tunnel.table import ConnectionSpec, ConnectionTable
+from relay.tunnel.table import MAX_MACS_PER_CONNECTION, ConnectionSpec, ConnectionTable
 
 SUITE = Suite()
 KEY = from_passphrase("secret", 16)
@@ -185,6 +186,20 @@ def test_oversized_ipv4_without_df_is_fragmented() -> None:
     assert all(pk.checksum(f[:20]) == 0 for f in frags)
 
 
+def test_a_fragment_is_split_again_only_if_its_offsets_stay_valid() -> None:
+    body = bytes(1700)
+    frag = bytearray(ipv4("10.9.0.1", "10.9.0.2", body, df=False))
+    frag[6:8] = (0x2000 | 100).to_bytes(2, "big")  # MF, offset 800
+    pieces = pk.fragment_ipv4(bytes(frag), 1000)
+    assert pieces is not None
+    offs = [int.from_bytes(p[6:8], "big") for p in pieces]
+    assert all(o & 0x4000 == 0 and o & 0x2000 for o in offs)  # MF kept: more follow
+    assert [o & 0x1FFF for o in offs] == [100, 100 + 976 // 8]
+    # near the end of the 64 KiB offset space the offsets would spill into the flags
+    frag[6:8] = (0x1FF0).to_bytes(2, "big")
+    assert pk.fragment_ipv4(bytes(frag), 1000) is None
+
+
 def test_oversized_ipv6_gets_packet_too_big_and_frames_drop() -> None:
     dp, _ = _established()
     dev, net = tx(dp, ipv6("fd00:9::1", "fd00:9::2", b"q" * 2000))
@@ -244,6 +259,29 @@ def test_routing_from_device_by_longest_prefix() -> None:
                 ipv4("10.8.0.1", "192.0.2.1"))
     assert [r for _, r in net] == [Remote("udp", "10.1.1.2", 4444)]
     assert dp.drops == {"no_remote": 1, "no_route": 1}
+
+
+def test_mac_learning_cost_does_not_grow_with_the_table() -> None:
+    """Each frame with a new source MAC used to count the whole MAC table to check the
+    per-connection limit: with many clients at their limit, a client sending frames from
+    made-up MACs cost the node O(all MACs) per frame. The count is kept per connection now."""
+    table = ConnectionTable()
+    for mux in range(64):
+        table.put(ConnectionSpec(mux, KEY, Role.LEFT, SUITE, 64))
+        for i in range(MAX_MACS_PER_CONNECTION):
+            table.learn_mac(bytes([2, mux, 0, 0]) + i.to_bytes(2, "big"), mux)
+    assert len(table.macs) == 64 * MAX_MACS_PER_CONNECTION
+    started = time.process_time()
+    for i in range(3000):  # a full client, fresh MACs: refused, and cheaply
+        table.learn_mac(bytes([2, 0xEE]) + i.to_bytes(4, "big"), 5)
+    assert time.process_time() - started < 1.0  # was ~10 s (3000 x 65536 entries counted)
+    assert len(table.macs) == 64 * MAX_MACS_PER_CONNECTION
+    moved = bytes([2, 7, 0, 0, 0, 1])
+    table.learn_mac(moved, 9)  # a MAC moving to a full client is allowed, as before
+    assert table.macs[moved] == 9
+    table.remove(7)
+    table.learn_mac(bytes([2, 0xEF, 0, 0, 0, 1]), 7)  # the slots of a removed client are free
+    assert table.macs[bytes([2, 0xEF, 0, 0, 0, 1])] == 7
 
 
 def test_tap_service_learns_macs_per_connection() -> None:

@@ -76,6 +76,8 @@ HOSTILE = [
     "grace_ms = 301",
     "=",
     "key = " + "g" * 32,
+    "anycast = fd15:aa::/" + "3" * 120,  # too long for libaarp's prefix buffer: no prefix
+    "anycast = fd15:aa::/" + "0" * 100 + "64",
 ]
 
 
