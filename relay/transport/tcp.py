@@ -22,10 +22,12 @@ from relay.transport.remote import Remote
 
 log = logging.getLogger("anytun-relay.tcp")
 
-MAX_STREAMS = 1024
+MAX_STREAMS = 1024         # and never more than the open-file limit leaves room for
+FD_RESERVE = 128           # fds kept free of streams: sockets, the device, control, logs
 MAX_BUFFERED = 1 << 20     # per stream; beyond this datagrams are dropped, like a full queue
 IDLE_TIMEOUT = 300.0       # server side: streams silent this long are closed
-UNPROVEN_TIMEOUT = 60.0    # streams that no connection uses yet (nothing authentic) live briefly
+UNPROVEN_TIMEOUT = 60.0    # streams that no connection uses yet (nothing authentic, e.g. half a
+                           # frame and silence) live briefly; --stream-unproven-timeout
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 10.0
 
 Resolve = Callable[[], Awaitable[tuple[str, int]]]
@@ -111,8 +113,11 @@ class TcpTransport:
     def __init__(self, *, listen: tuple[str | None, int] | None = None,
                  connect: Resolve | None = None,
                  on_connected: Callable[[Remote | None], None] | None = None,
-                 proven: Callable[[Remote], bool] | None = None) -> None:
+                 proven: Callable[[Remote], bool] | None = None,
+                 unproven_timeout: float = UNPROVEN_TIMEOUT) -> None:
         self.kind = "tcp"
+        self.unproven_timeout = unproven_timeout
+        self.max_streams = _stream_limit()
         # proven(remote): a connection uses this stream, i.e. it delivered an authentic
         # datagram. Unproven streams are closed soon and evicted first, so junk connections
         # cannot hold every slot.
@@ -125,18 +130,23 @@ class TcpTransport:
         self.received = 0
         self.sent = 0
         self.dropped = 0
+        self.refused = 0     # connections turned away: every slot held by a proven stream
+        self.evicted = 0     # unproven streams closed to make room for a new one
+        self.timed_out = 0   # unproven streams closed after unproven_timeout, idle ones after
         self._deliver: Deliver | None = None
         self._server: asyncio.base_events.Server | None = None
         self._tasks: list[asyncio.Task] = []
 
     def _register(self, stream: _Stream) -> bool:
-        if len(self.streams) >= MAX_STREAMS:
+        if len(self.streams) >= self.max_streams:
             victim = min((s for s in self.streams.values() if not self.proven(s.remote)),
                          key=lambda s: s.opened, default=None)  # type: ignore[arg-type]
             if victim is None or (victim.transport is None and victim.adopted is None):
+                self.refused += 1
                 log.warning("refusing TCP connection from %s: %d streams open",
-                            stream.remote, MAX_STREAMS)
+                            stream.remote, self.max_streams)
                 return False
+            self.evicted += 1
             self._unregister(victim)
             victim.close()
         self.streams[stream.remote] = stream  # type: ignore[index]
@@ -199,13 +209,14 @@ class TcpTransport:
     async def _reap_idle(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(UNPROVEN_TIMEOUT / 2)
+            await asyncio.sleep(max(0.5, min(self.unproven_timeout, IDLE_TIMEOUT) / 4))
             now = loop.time()
             for s in list(self.streams.values()):
                 if s.transport is None and s.adopted is None:
                     continue
                 if s.idle_since() < now - IDLE_TIMEOUT or \
-                        (s.opened < now - UNPROVEN_TIMEOUT and not self.proven(s.remote)):
+                        (s.opened < now - self.unproven_timeout and not self.proven(s.remote)):
+                    self.timed_out += 1
                     s.close()
 
     def send_batch(self, datagrams: list[tuple[bytes, Remote]]) -> None:
@@ -240,4 +251,15 @@ class TcpTransport:
         return {"kind": "tcp", "listen": None if self.listen is None else
                 f"{self.listen[0] or '*'}:{self.listen[1]}",
                 "streams": [str(r) for r in self.streams], "received": self.received,
-                "sent": self.sent, "dropped": self.dropped}
+                "sent": self.sent, "dropped": self.dropped, "max_streams": self.max_streams,
+                "refused": self.refused, "evicted": self.evicted, "timed_out": self.timed_out}
+
+
+def _stream_limit() -> int:
+    """MAX_STREAMS, or fewer when the open-file limit would run out first (accept() failing
+    with EMFILE would also turn away the clients that prove themselves)."""
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_STREAMS
+    return max(16, min(MAX_STREAMS, soft - FD_RESERVE))
