@@ -22,8 +22,9 @@ from relay.transport.remote import Remote
 
 log = logging.getLogger("anytun-relay.tcp")
 
-MAX_STREAMS = 1024         # and never more than the open-file limit leaves room for
-FD_RESERVE = 128           # fds kept free of streams: sockets, the device, control, logs
+MAX_STREAMS = 1024         # and never more than the open-file limit leaves room for:
+FD_RESERVE = 256           # fds kept free of streams: sockets, the device, control, logs and
+                           # one accept batch (asyncio takes up to 100 connections at once)
 MAX_BUFFERED = 1 << 20     # per stream; beyond this datagrams are dropped, like a full queue
 IDLE_TIMEOUT = 300.0       # server side: streams silent this long are closed
 UNPROVEN_TIMEOUT = 60.0    # streams that no connection uses yet (nothing authentic, e.g. half a
@@ -70,7 +71,14 @@ class _Stream(asyncio.Protocol):
     def _hand_over(self, transport: asyncio.Transport) -> None:
         """Nothing was read yet (asyncio starts reading after connection_made): the C data
         plane gets the socket with every byte still in the kernel's buffer."""
-        fd = os.dup(transport.get_extra_info("socket").fileno())
+        try:
+            fd = os.dup(transport.get_extra_info("socket").fileno())
+        except OSError as exc:  # out of fds after all: refuse it like a full table
+            self.owner.refused += 1
+            log.warning("refusing TCP connection from %s: %s", self.remote, exc.strerror)
+            self.owner._unregister(self)
+            transport.abort()
+            return
         adopted = self.owner.adopt(fd, self.remote, self._adopted_end)  # type: ignore
         if adopted is None:
             os.close(fd)
@@ -117,7 +125,7 @@ class TcpTransport:
                  unproven_timeout: float = UNPROVEN_TIMEOUT) -> None:
         self.kind = "tcp"
         self.unproven_timeout = unproven_timeout
-        self.max_streams = _stream_limit()
+        self.max_streams = MAX_STREAMS  # lowered by open() to what the fd limit allows
         # proven(remote): a connection uses this stream, i.e. it delivered an authentic
         # datagram. Unproven streams are closed soon and evicted first, so junk connections
         # cannot hold every slot.
@@ -172,6 +180,7 @@ class TcpTransport:
         self._deliver = deliver
         loop = asyncio.get_running_loop()
         if self.listen is not None:
+            self.max_streams = _stream_limit()
             host, port = self.listen
             try:
                 self._server = await loop.create_server(lambda: _Stream(self), host, port,
@@ -256,10 +265,20 @@ class TcpTransport:
 
 
 def _stream_limit() -> int:
-    """MAX_STREAMS, or fewer when the open-file limit would run out first (accept() failing
-    with EMFILE would also turn away the clients that prove themselves)."""
+    """MAX_STREAMS, or fewer when the open-file limit would run out first: accept() failing
+    with EMFILE would turn away the clients that prove themselves too. A stream takes two fds
+    while the C data plane adopts it (asyncio's and the dup). The soft limit is raised to the
+    hard one as far as the streams need."""
     import resource
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * MAX_STREAMS + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
     if soft == resource.RLIM_INFINITY:
         return MAX_STREAMS
-    return max(16, min(MAX_STREAMS, soft - FD_RESERVE))
+    return max(8, min(MAX_STREAMS, (soft - FD_RESERVE) // 2))
