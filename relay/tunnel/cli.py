@@ -109,8 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
          help="anycast-tcp: send a keep-alive frame after this much silence (default "
          f"{DEFAULT_KEEPALIVE:g}; both ends use the shorter of their two intervals)")
     _arg(x, "--stream-unproven-timeout", type=float, metavar="SECONDS", selects=False,
-         help="tcp server: close a stream that delivered nothing authentic (junk, or half a "
-         "frame and silence) after this long (default 60)")
+         help="tcp and anycast-tcp servers: close a stream that delivered nothing "
+         "authentic (junk, or half a frame and silence) after this long (default 60)")
     _arg(x, "--no-aarp", action="store_true", selects=False, file_only=False,
          help="tcp client: connect to -r itself, without AARP resolving")
     _arg(x, "--mtu", type=int, metavar="N", selects=False,

@@ -105,7 +105,8 @@ class Endpoint:
                         listen=(s.bind, s.port) if s.anycast_listen else None,
                         connect=s.anycast_connect, keepalive=s.keepalive,
                         verify=self.authentic, max_datagram=s.dataplane.max_datagram,
-                        on_connected=self._tcp_connected, proven=self._in_use)
+                        on_connected=self._tcp_connected, proven=self._in_use,
+                        unproven_timeout=s.stream_unproven_timeout)
                 else:
                     t = TcpTransport(
                         listen=(s.bind, s.port) if s.tcp_listen else None,
