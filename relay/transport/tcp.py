@@ -29,6 +29,7 @@ MAX_BUFFERED = 1 << 20     # per stream; beyond this datagrams are dropped, like
 IDLE_TIMEOUT = 300.0       # server side: streams silent this long are closed
 UNPROVEN_TIMEOUT = 60.0    # streams that no connection uses yet (nothing authentic, e.g. half a
                            # frame and silence) live briefly; --stream-unproven-timeout
+CLOSING_TIMEOUT = 5.0      # an evicted stream counts against the bound until it ended, or this
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 10.0
 
 Resolve = Callable[[], Awaitable[tuple[str, int]]]
@@ -135,6 +136,8 @@ class TcpTransport:
         self.connect = connect
         self.on_connected = on_connected
         self.streams: dict[Remote, _Stream] = {}
+        # evicted, their end not yet reported (their fds are still open): when closed
+        self._closing: dict[_Stream, float] = {}
         self.received = 0
         self.sent = 0
         self.dropped = 0
@@ -146,22 +149,36 @@ class TcpTransport:
         self._tasks: list[asyncio.Task] = []
 
     def _register(self, stream: _Stream) -> bool:
-        if len(self.streams) >= self.max_streams:
-            victim = min((s for s in self.streams.values() if not self.proven(s.remote)),
-                         key=lambda s: s.opened, default=None)  # type: ignore[arg-type]
-            if victim is None or (victim.transport is None and victim.adopted is None):
-                self.refused += 1
-                log.warning("refusing TCP connection from %s: %d streams open",
-                            stream.remote, self.max_streams)
-                return False
-            self.evicted += 1
-            self._unregister(victim)
-            victim.close()
+        """Admit a stream; at the bound the oldest unproven stream makes room. Evicted streams
+        hold their fds until their end is reported, so at most an eighth of the bound may be
+        on the way out: a burst of connections is refused then, and never runs the node out
+        of fds."""
+        if len(self.streams) >= self.max_streams and not self._evict_one():
+            self.refused += 1
+            if self.refused & (self.refused - 1) == 0:  # 1, 2, 4, ...: a flood is not logged
+                log.warning("refusing TCP connection from %s: %d streams open (%d refused)",
+                            stream.remote, self.max_streams, self.refused)
+            return False
         self.streams[stream.remote] = stream  # type: ignore[index]
         log.info("TCP stream from/to %s open", stream.remote)
         return True
 
+    def _evict_one(self) -> bool:
+        """Close the oldest unproven stream, unless too many are still closing."""
+        if len(self._closing) >= max(8, self.max_streams // 8):
+            return False
+        victim = min((s for s in self.streams.values() if not self.proven(s.remote)),
+                     key=lambda s: s.opened, default=None)  # type: ignore[arg-type]
+        if victim is None or (victim.transport is None and victim.adopted is None):
+            return False
+        self.evicted += 1
+        self._unregister(victim)
+        self._closing[victim] = asyncio.get_running_loop().time()
+        victim.close()
+        return True
+
     def _unregister(self, stream: _Stream) -> None:
+        self._closing.pop(stream, None)
         if self.streams.get(stream.remote) is stream:  # type: ignore[arg-type]
             del self.streams[stream.remote]  # type: ignore[arg-type]
             log.info("TCP stream %s closed", stream.remote)
@@ -220,6 +237,9 @@ class TcpTransport:
         while True:
             await asyncio.sleep(max(0.5, min(self.unproven_timeout, IDLE_TIMEOUT) / 4))
             now = loop.time()
+            for s, when in list(self._closing.items()):
+                if when < now - CLOSING_TIMEOUT:  # its end was never reported: stop waiting
+                    del self._closing[s]
             for s in list(self.streams.values()):
                 if s.transport is None and s.adopted is None:
                     continue
@@ -252,6 +272,7 @@ class TcpTransport:
             elif s.adopted is not None:
                 s.adopted.close()
         self.streams.clear()
+        self._closing.clear()
 
     def filenos(self) -> list[int]:
         return []

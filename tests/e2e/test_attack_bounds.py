@@ -273,7 +273,8 @@ def test_half_framed_tcp_streams_are_bounded_and_time_out(lab, server) -> None:
     check_usage("half-framed tcp", pid, base, peak, None)
     assert t["max_streams"] == (NOFILE - 256) // 2
     assert got["opened"] + got["refused"] == count
-    assert t["evicted"] >= count - t["max_streams"]      # the cap held: the oldest made room
+    # the cap held: the oldest made room, or the newcomer was refused while they closed
+    assert t["evicted"] > 0 and t["evicted"] + t["refused"] >= count - t["max_streams"], t
     assert got["still_open"] == 0 and got["closed_by_server"] == got["opened"], got
     assert t["timed_out"] > 0 and not t["streams"], t   # the rest timed out
     # the streams, their hand-over dups and one accept batch: never the open-file limit
