@@ -404,19 +404,23 @@ def test_rtpproxy_socket_flood_is_bounded_and_commands_still_work(lab, relay_nod
     base = usage(pid)
     call = _call(lab, relay_node, 100)
     flood = attacker(s, "control", relay_node["sock"], 3)
+    udp = attacker(lab.clients[1], "junk", s.ip4, RTP_CTL_PORT, 3, 3000, 1)  # and UDP junk
     time.sleep(0.8)
     replies = labkit.control(s, f"unix:{relay_node['sock']}", ["V"] * 5)  # the proxy's own
+    replies += labkit.control(s, relay_node["ctl"], ["v1 V", "v2 V"])
     peak = watch(pid, flood)
     got = result(flood)
+    junk = result(udp)
     during = result(call)
     name = "rtpproxy socket flood"
     _check_call(name, before, during)
     st = _relay_status(relay_node)
     FIGURES[name].update(connections=got["silent"] + got["huge"] + got["garbage"],
-                         evicted=st["control_evicted"],
+                         evicted=st["control_evicted"], udp_junk=junk["sent"],
                          proxy_commands_answered=sum(r is not None for r in replies))
     check_usage(name, pid, base, peak, None)
-    assert all(r is not None and r.strip() == b"20040107" for r in replies), replies
+    assert all(r is not None and r.split()[-1] == b"20040107" for r in replies), replies
+    assert st["command_errors"] >= junk["sent"] * 0.9, st  # every junk datagram: an error
     assert got["huge"] > 0 and got["answered"] > 0, got
     assert st["control_evicted"] > 0 and st["control_waiting"] <= 64, st
     assert peak.fds <= base.fds + 64 + 16
