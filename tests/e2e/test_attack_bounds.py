@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -130,18 +131,30 @@ def check_usage(name: str, pid: int, base: Usage, peak: Usage, packets: int | No
         assert 1e6 * cpu / packets < cpu_per_packet_us, fig
 
 
-def watch(pid: int, proc: subprocess.Popen, also: float = 0.0) -> Usage:
-    """The daemon's peak RSS and fds while `proc` runs (and `also` seconds after)."""
-    peak = usage(pid)
-    end = None
-    while True:
-        u = usage(pid)
-        peak = Usage(max(peak.rss_mb, u.rss_mb), max(peak.fds, u.fds), u.cpu_s)
-        if end is None and proc.poll() is not None:
-            end = time.monotonic() + also
-        if end is not None and time.monotonic() >= end:
-            return peak
-        time.sleep(0.1)
+class Watch:
+    """Samples the daemon's RSS and fds every 0.1 s from creation until `peak()`, which waits
+    for the attacker `proc` to end and returns the peaks (and the CPU time at the end)."""
+
+    def __init__(self, pid: int, proc: subprocess.Popen) -> None:
+        self.pid, self.proc = pid, proc
+        self._peak = usage(pid)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            done = self.proc.poll() is not None
+            u = usage(self.pid)
+            self._peak = Usage(max(self._peak.rss_mb, u.rss_mb), max(self._peak.fds, u.fds),
+                               u.cpu_s)
+            if done:
+                return
+            time.sleep(0.1)
+
+    def peak(self) -> Usage:
+        self.proc.wait(60)
+        self._thread.join(10)
+        return self._peak
 
 
 def daemon(node: Node, argv: list[str], log: Path) -> subprocess.Popen:
@@ -202,11 +215,12 @@ def _conn(st: dict, mux: int) -> dict:
 
 
 def _attack_tunnel(name: str, server: dict, lab: AnycastLab, proc: subprocess.Popen,
-                   base: Usage, before: tuple[int, float], lead: float = 0.5) -> Usage:
+                   before: tuple[int, float], lead: float = 0.5) -> Usage:
     """Pings of the honest client while `proc` attacks; returns the daemon's peak."""
+    watch = Watch(server["pid"], proc)
     time.sleep(lead)
     during = ping_stats(lab.clients[0], SERVER_IN)
-    peak = watch(server["pid"], proc)
+    peak = watch.peak()
     check_honest(name, before, during, 25)
     assert server["proc"].poll() is None, "the server died"
     return peak
@@ -219,7 +233,7 @@ def test_junk_flood_costs_little_and_disturbs_nobody(lab, server) -> None:
     drops0 = tu.tunnel_status(s, "tun5")["dataplane"]["drops"]
     base = usage(pid)
     flood = attacker(lab.clients[1], "junk", s.ip4, PORT, 4, 20000, 1)
-    peak = _attack_tunnel("junk flood", server, lab, flood, base, before)
+    peak = _attack_tunnel("junk flood", server, lab, flood, before)
     sent = result(flood)
     st = tu.tunnel_status(s, "tun5")
     drops = st["dataplane"]["drops"]
@@ -239,7 +253,7 @@ def test_valid_key_with_adversarial_sequence_numbers_is_bounded(lab, server) -> 
     rx0 = _conn(tu.tunnel_status(s, "tun5"), 2).get("rx_packets", 0)
     evil = attacker(lab.clients[1], "seq", s.ip4, PORT, 4, 2, "attacker-2", ATTACKER_IN,
                     SERVER_IN)
-    peak = _attack_tunnel("valid key, adversarial seqs", server, lab, evil, base, before)
+    peak = _attack_tunnel("valid key, adversarial seqs", server, lab, evil, before)
     sent = result(evil)
     st = tu.tunnel_status(s, "tun5")
     c2 = _conn(st, 2)
@@ -262,7 +276,7 @@ def test_half_framed_tcp_streams_are_bounded_and_time_out(lab, server) -> None:
     base = usage(pid)
     count = 320  # more than the (NOFILE - 256) / 2 streams the server holds
     loris = attacker(lab.clients[1], "slowloris", s.ip4, PORT, count, UNPROVEN + 6)
-    peak = _attack_tunnel("half-framed tcp", server, lab, loris, base, before, lead=1.0)
+    peak = _attack_tunnel("half-framed tcp", server, lab, loris, before, lead=1.0)
     got = result(loris)
     tcp = tu.tunnel_status(s, "tun5")
     t = next(v for v in _transports(tcp) if v.get("kind") == "tcp")
@@ -295,13 +309,14 @@ def test_status_socket_flood_is_bounded_and_status_still_answers(lab, server) ->
     before = ping_stats(lab.clients[0], SERVER_IN)
     base = usage(pid)
     flood = attacker(s, "control", "@anytun-relay/tun5", 4)
+    watch = Watch(pid, flood)
     time.sleep(1.0)
     answered = 0
     for _ in range(5):  # the operator still gets answers during the flood
         st = tu.tunnel_status(s, "tun5")
         answered += bool(st["connections"])
     during = ping_stats(lab.clients[0], SERVER_IN)
-    peak = watch(pid, flood)
+    peak = watch.peak()
     got = result(flood)
     check_honest("status socket flood", before, during, 25)
     ctl = tu.status(s, "tun5")["control"]
@@ -368,6 +383,7 @@ def test_port_exhaustion_gets_a_clear_error_and_the_call_keeps_its_media(
     before = result(_call(lab, relay_node))
     base = usage(pid)
     call = _call(lab, relay_node, 100)
+    watch = Watch(pid, call)
     grab = attacker(lab.clients[1], "sessions", host, RTP_CTL_PORT, "grab", 200)
     got = result(grab)
     st = _relay_status(relay_node)
@@ -376,7 +392,7 @@ def test_port_exhaustion_gets_a_clear_error_and_the_call_keeps_its_media(
     (refused,) = labkit.control(s, relay_node["ctl"], [f"o2 Uc8 call-2 {lab.clients[0].ip4} "
                                                         "6002 ftag;2"])
     during = result(call)
-    peak = watch(pid, call)
+    peak = watch.peak()
     name = "relay port exhaustion"
     _check_call(name, before, during)
     FIGURES[name].update(sessions_grabbed=got["created"], error=got["error"],
@@ -405,10 +421,11 @@ def test_rtpproxy_socket_flood_is_bounded_and_commands_still_work(lab, relay_nod
     call = _call(lab, relay_node, 100)
     flood = attacker(s, "control", relay_node["sock"], 3)
     udp = attacker(lab.clients[1], "junk", s.ip4, RTP_CTL_PORT, 3, 3000, 1)  # and UDP junk
+    watch = Watch(pid, flood)
     time.sleep(0.8)
     replies = labkit.control(s, f"unix:{relay_node['sock']}", ["V"] * 5)  # the proxy's own
     replies += labkit.control(s, relay_node["ctl"], ["v1 V", "v2 V"])
-    peak = watch(pid, flood)
+    peak = watch.peak()
     got = result(flood)
     junk = result(udp)
     during = result(call)
