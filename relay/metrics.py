@@ -1,7 +1,9 @@
 """A node's status (what `anytun-relay status --json` shows) as Prometheus families, for
 GET /metrics. Read from the status of each service, so the two never disagree:
 
-    tunnel     packets, bytes and drops per client (mux) and reason; data-plane drops
+    tunnel     packets, bytes and drops per client (mux) and reason; data-plane drops;
+               streams the stream transports refused, evicted or timed out
+    control    status socket connections evicted or refused
     rtpproxy   sessions, port pairs in use and of the range, commands, packets
     cluster    records, backend state, resyncs, sync lag, failovers; handover hand-offs
     aarp       the embedded responder's answers and refusals
@@ -50,6 +52,13 @@ def _tunnel(m: Metrics, st: Mapping[str, Any]) -> None:
                    ({**labels, "direction": "tx"}, t.get("sent", 0))])
         m.counter("transport_send_errors_total", "Datagrams the kernel refused to send",
                   [(labels, t.get("send_errors", 0))])
+        if "max_streams" in t:  # stream transports: what their bounds turned away or closed
+            m.gauge("transport_max_streams", "Streams the transport holds at most",
+                    [(labels, t["max_streams"])])
+            m.counter("transport_streams_ended_total", "Streams refused, evicted (unproven, "
+                      "to make room) or timed out", [({**labels, "reason": r}, t.get(r, 0))
+                                                     for r in ("refused", "evicted",
+                                                               "timed_out")])
 
 
 def _relay(m: Metrics, st: Mapping[str, Any]) -> None:
@@ -64,6 +73,15 @@ def _relay(m: Metrics, st: Mapping[str, Any]) -> None:
               [({}, st.get("command_errors", 0))])
     m.counter("rtp_packets_total", "Media packets received, relayed and dropped",
               [({"what": k}, st.get(k, 0)) for k in ("received", "relayed", "dropped")])
+    m.counter("rtp_control_connections_ended_total", "Unix control connections evicted by a "
+              "newer one or silent too long", [({"reason": r}, st.get(f"control_{r}", 0))
+                                               for r in ("evicted", "timed_out")])
+
+
+def _control(m: Metrics, st: Mapping[str, Any]) -> None:
+    m.counter("control_connections_ended_total", "Status socket connections evicted by a "
+              "newer one, or refused (line too long, nothing in time)",
+              [({"reason": r}, st.get(r, 0)) for r in ("evicted", "refused")])
 
 
 def _cluster(m: Metrics, st: Mapping[str, Any]) -> None:
@@ -121,6 +139,8 @@ def render(status: Mapping[str, Any]) -> bytes:
             _cluster(m, st)
         elif name == "handover":
             _handover(m, st)
+        elif name == "control":
+            _control(m, st)
         elif "counters" in st and "anycast" in st:
             responder_metrics(m, st, prefix="aarp_")
     return m.render()

@@ -96,6 +96,7 @@ def build(settings: Settings) -> list[Service]:
                             tunnel.reload if tunnel else None, path)
     control.node_health = health
     services.append(control)
+    others.append(control)  # its own counters (connections waiting, evicted) in the status
     return services
 
 

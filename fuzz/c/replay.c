@@ -1,9 +1,22 @@
 /* The fast path's replay window (relay/fastpath/replay.c) under arbitrary parameters and
  * sequences: huge jumps, wraps, many sender IDs, restarts, adopted high-water marks. The work
  * per packet is bounded by the window size, so libFuzzer's -timeout catches a regression of
- * the "cost grows with the jump" kind; the verdicts obey the rules of spec/satp.md §3. */
+ * the "cost grows with the jump" kind; the verdicts obey the rules of spec/satp.md §3. The
+ * sender table stays within FP_REPLAY_MAX_SENDERS and every sender it lists is found again
+ * (eviction moves slots of the open-addressing table). */
 #include "../../relay/fastpath/internal.h"
 #include "common.h"
+
+static void check_table(const fp_replay *w) {
+    static uint16_t ids[FP_REPLAY_MAX_SENDERS + 1];
+    static uint32_t highs[FP_REPLAY_MAX_SENDERS + 1];
+    size_t n = fp_replay_senders(w, ids, highs, FP_REPLAY_MAX_SENDERS + 1);
+    CHECK(n <= FP_REPLAY_MAX_SENDERS);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t high;
+        CHECK(fp_replay_high(w, ids[i], &high) && high == highs[i]);
+    }
+}
 
 static const uint32_t SIZES[] = {0, 1, 2, 63, 64, 65, 1000, 1024, 4096, 1u << 20};
 #define NSIZES (sizeof SIZES / sizeof SIZES[0])
@@ -20,7 +33,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fp_replay *w = fp_replay_new(&p);
     CHECK(w != NULL);
     double now = 0;
-    while (r.n) {
+    for (unsigned step = 0; r.n; step++) {
+        if (step % 64 == 63)
+            check_table(w);
         uint8_t op = rd_u8(&r);
         uint16_t sid = op & 0x40 ? rd_u16(&r) : op & 3; /* a few senders, or churn */
         uint32_t seq = rd_u32(&r);
@@ -61,6 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (v == FP_TOO_OLD)
             CHECK(p.size && back >= p.size);
     }
+    check_table(w);
     fp_replay_free(w);
     return 0;
 }

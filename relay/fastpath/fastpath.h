@@ -61,6 +61,9 @@ enum fp_verdict {
     FP_FRESH = 0, FP_IN_WINDOW = 1, FP_STALE = 2, FP_RESTART = 3, FP_REPLAY = 4, FP_TOO_OLD = 5
 };
 
+/* Sender IDs with a window per connection (relay/satp/replay.py MAX_SENDERS). */
+#define FP_REPLAY_MAX_SENDERS 256
+
 typedef struct fp_replay_params {
     uint32_t size;           /* window size, 0..1048576 */
     uint32_t restart_after;  /* consecutive candidates that make a restart */

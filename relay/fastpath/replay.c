@@ -3,7 +3,10 @@
  *
  * The "seen" flags live in a ring of 2^k bits indexed by seq, k chosen so the ring holds the
  * window: moving the top forward clears the flags of the seqs it skips. A handful of sender
- * IDs is normal (one per anycast node), so they sit in a small open-addressing table.
+ * IDs is normal (one per anycast node), so they sit in a small open-addressing table of at
+ * most FP_REPLAY_MAX_SENDERS; a new one beyond it evicts the sender with the oldest fresh
+ * packet (ties: the lowest ID), as the Python window does. Only authenticated packets get
+ * here, so only a holder of the connection's key can make that happen.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -70,7 +73,40 @@ static slot *find(const fp_replay *r, uint16_t id) {
     }
 }
 
+/* Remove a slot; later slots of its probe run move back (linear probing, no tombstones). */
+static void erase(fp_replay *r, slot *gone) {
+    size_t mask = r->cap - 1;
+    size_t i = (size_t)(gone - r->slots);
+    for (size_t j = (i + 1) & mask; r->slots[j].used; j = (j + 1) & mask) {
+        size_t home = r->slots[j].id & mask;
+        /* slot j may fill the hole at i unless its home lies cyclically in (i, j] */
+        int stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (!stays) {
+            r->slots[i] = r->slots[j];
+            i = j;
+        }
+    }
+    memset(&r->slots[i], 0, sizeof(slot));
+    r->count--;
+}
+
+/* At the bound: evict the sender with the oldest fresh packet; its ring is reused. */
+static uint64_t *evict_oldest(fp_replay *r) {
+    slot *victim = NULL;
+    for (size_t i = 0; i < r->cap; i++) {
+        slot *s = &r->slots[i];
+        if (s->used && (!victim || s->st.last_fresh < victim->st.last_fresh ||
+                        (s->st.last_fresh == victim->st.last_fresh && s->id < victim->id)))
+            victim = s;
+    }
+    uint64_t *ring = victim->st.ring;
+    memset(ring, 0, r->nbits / 8);
+    erase(r, victim);
+    return ring;
+}
+
 static sender *insert(fp_replay *r, uint16_t id) {
+    uint64_t *ring = r->count >= FP_REPLAY_MAX_SENDERS ? evict_oldest(r) : NULL;
     if ((r->count + 1) * 2 > r->cap) {
         size_t old_cap = r->cap;
         slot *old = r->slots;
@@ -84,7 +120,8 @@ static sender *insert(fp_replay *r, uint16_t id) {
                 *find(r, old[i].id) = old[i];
         free(old);
     }
-    uint64_t *ring = calloc(r->nbits / 64, sizeof(uint64_t));
+    if (!ring)
+        ring = calloc(r->nbits / 64, sizeof(uint64_t));
     if (!ring)
         return NULL;
     slot *s = find(r, id);

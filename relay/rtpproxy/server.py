@@ -35,12 +35,14 @@ from relay.rtpproxy.recording import Recordings
 from relay.rtpproxy.sessions import Change, SessionTable
 from relay.rtpproxy.settings import ControlSpec, RelayConfig
 from relay.runtime.errors import ConfigError
+from relay.runtime.slots import WaitingClients
 
 log = logging.getLogger("anytun-relay.rtpproxy")
 
 REPLY_CACHE = 4096
 REPLY_CACHE_SECONDS = 30.0
 STREAM_READ_TIMEOUT = 10.0
+MAX_STREAM_CLIENTS = 64    # Unix control connections waiting for a command (oldest evicted)
 
 
 class ReplyCache:
@@ -142,6 +144,8 @@ class RtpproxyService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commands = 0
         self.errors = 0
+        self.waiting = WaitingClients(MAX_STREAM_CLIENTS)
+        self.stream_refused = 0   # Unix control connections that sent nothing in time
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -251,6 +255,9 @@ class RtpproxyService:
                 "control": [str(c) for c in self.config.controls],
                 "addresses": list(self.config.addresses),
                 "commands": self.commands, "command_errors": self.errors,
+                "control_waiting": len(self.waiting),
+                "control_evicted": self.waiting.evicted,
+                "control_timed_out": self.stream_refused,
                 "ng_control": [str(c) for c in self.config.ng_controls],
                 "ng_commands": sum(self.ng.counts.values()) if self.ng else 0,
                 "ng_errors": self.ng.errors if self.ng else 0,
@@ -316,16 +323,23 @@ class RtpproxyService:
 
     async def _stream_client(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
+        self.waiting.enter()  # silent clients must not hold the fds the media ports need
         try:
             data = await asyncio.wait_for(reader.read(protocol.MAX_COMMAND + 1),
                                           STREAM_READ_TIMEOUT)
+            self.waiting.leave()
             if data:
                 cmd = protocol.parse_stream(data)
                 writer.write(protocol.format_stream(self._execute(cmd, "unix")))
                 await writer.drain()
-        except (TimeoutError, ConnectionError, OSError):
+        except TimeoutError:
+            self.stream_refused += 1
+        except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            pass  # evicted by a newer client: end quietly (asyncio logs a cancelled handler)
         finally:
+            self.waiting.leave()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

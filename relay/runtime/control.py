@@ -19,10 +19,13 @@ import struct
 from collections.abc import Awaitable, Callable
 
 from relay.runtime.health import NodeHealth
+from relay.runtime.slots import WaitingClients
 
 log = logging.getLogger("anytun-relay.control")
 ABSTRACT_PREFIX = "anytun-relay/"
 MAX_REQUEST = 256
+MAX_CLIENTS = 32       # connections waiting for their line; a new one evicts the oldest
+REQUEST_TIMEOUT = 5.0  # a client that sends no full line in time is closed
 DRAIN_TIMEOUT = 30.0
 
 
@@ -44,6 +47,8 @@ class ControlServer:
         self.address: str | None = None
         self._server: asyncio.base_events.Server | None = None
         self.node_health: NodeHealth | None = None   # set when the node is assembled
+        self.waiting = WaitingClients(MAX_CLIENTS)
+        self.refused = 0   # line too long, or no line in time
 
     async def start(self) -> None:
         self.address = self.path or abstract_name(self.name_fn())
@@ -63,7 +68,9 @@ class ControlServer:
             log.warning("no control socket %s: %s", self.address.lstrip("\0"), exc)
             self.address = None
             return
-        self._server = await asyncio.start_unix_server(self._client, sock=sock)
+        # the reader's limit bounds what one client can make us buffer
+        self._server = await asyncio.start_unix_server(self._client, sock=sock,
+                                                       limit=MAX_REQUEST)
         log.info("control socket %s", display(self.address))
 
     async def stop(self) -> None:
@@ -75,9 +82,12 @@ class ControlServer:
                     os.unlink(self.path)
 
     def status(self) -> dict:
-        return {"socket": display(self.address) if self.address else None}
+        return {"socket": display(self.address) if self.address else None,
+                "waiting": len(self.waiting), "evicted": self.waiting.evicted,
+                "refused": self.refused}
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.waiting.enter()
         try:
             sock = writer.get_extra_info("socket")
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
@@ -86,13 +96,24 @@ class ControlServer:
             if uid not in (0, os.getuid()):
                 reply: dict = {"error": "permission denied"}
             else:
-                line = await asyncio.wait_for(reader.readline(), 5)
-                reply = await self._answer(line[:MAX_REQUEST].decode(errors="replace").strip())
+                try:
+                    line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+                except ValueError:  # no newline within the reader's limit
+                    self.refused += 1
+                    reply = {"error": f"request longer than {MAX_REQUEST} bytes"}
+                else:
+                    self.waiting.leave()
+                    reply = await self._answer(line.decode(errors="replace").strip())
             writer.write(json.dumps(reply, default=str).encode() + b"\n")
             await writer.drain()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        except TimeoutError:
+            self.refused += 1
+        except (OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # evicted by a newer client: end quietly (asyncio logs a cancelled handler)
         finally:
+            self.waiting.leave()
             writer.close()
 
     async def _answer(self, command: str) -> dict:

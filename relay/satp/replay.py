@@ -24,6 +24,11 @@ replayed is old traffic under the peer's own keys (which the restarted peer reus
 With size 0 (anytun's "-w 0") every authenticated packet is accepted, as the real programs do,
 but only packets newer than every earlier one (or an accepted restart) count as fresh, and only
 fresh packets may move the peer's endpoint.
+
+A connection keeps windows for at most `MAX_SENDERS` sender IDs (a real peer uses one per
+anycast node, a handful). Only an authenticated packet creates one, so only a holder of the
+connection's key can push past the bound; a new sender ID then evicts the one with the oldest
+fresh packet (ties: the lowest ID), at a cost bounded by the bound, not by the sender.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from enum import IntEnum
 
 _MOD = 1 << 32
 _HALF = 1 << 31
+MAX_SENDERS = 256  # sender IDs with a window, per connection (relay/fastpath/replay.c too)
 
 
 class Verdict(IntEnum):
@@ -83,6 +89,7 @@ class ReplayGuard:
         """Check an authenticated packet and record it if accepted."""
         st = self.senders.get(sender_id)
         if st is None:
+            self._make_room()
             self.senders[sender_id] = SenderState(seq, 1, now)
             return Verdict.FRESH
         ahead = (seq - st.high) % _MOD
@@ -107,6 +114,12 @@ class ReplayGuard:
         if self._restart(st, seq, now):
             return Verdict.RESTART
         return verdict
+
+    def _make_room(self) -> None:
+        """Before a new sender ID: evict the one whose last fresh packet is oldest."""
+        if len(self.senders) >= MAX_SENDERS:
+            victim = min(self.senders, key=lambda i: (self.senders[i].last_fresh, i))
+            del self.senders[victim]
 
     def _mask(self) -> int:
         return (1 << self.size) - 1
@@ -135,6 +148,7 @@ class ReplayGuard:
         everything at or below it counts as seen."""
         st = self.senders.get(sender_id)
         if st is None:
+            self._make_room()
             self.senders[sender_id] = SenderState(high, self._mask() if self.size else 1, now)
             return
         ahead = (high - st.high) % _MOD

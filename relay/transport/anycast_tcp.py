@@ -137,7 +137,8 @@ class AnycastTcpTransport:
                  keepalive: float = DEFAULT_KEEPALIVE, verify: Verify | None = None,
                  max_datagram: int = 0xFFFF,
                  on_connected: Callable[[Remote | None], None] | None = None,
-                 proven: Callable[[Remote], bool] | None = None) -> None:
+                 proven: Callable[[Remote], bool] | None = None,
+                 unproven_timeout: float = UNPROVEN_TIMEOUT) -> None:
         if keepalive <= 0:
             raise ValueError("the keep-alive interval must be positive")
         self.kind = KIND
@@ -148,6 +149,7 @@ class AnycastTcpTransport:
         self.max_datagram = max_datagram
         self.on_connected = on_connected
         self.proven = proven or (lambda r: True)
+        self.unproven_timeout = unproven_timeout
         self.silent_close = False          # set by the cluster: stopping = drained
         self.streams: dict[Remote, _Stream] = {}
         self.received = self.sent = self.dropped = self.not_held = 0
@@ -286,7 +288,7 @@ class AnycastTcpTransport:
                     s.send_keepalive()
                 idle = max(MIN_IDLE, IDLE_FACTOR * s.interval)
                 unproven = self.connect is None and s.remote is not None and \
-                    not self.proven(s.remote) and now - s.opened > UNPROVEN_TIMEOUT
+                    not self.proven(s.remote) and now - s.opened > self.unproven_timeout
                 if now - s.last_rx > idle or unproven:
                     log.warning("anycast-tcp stream %s silent for %.0fs: closing", s.remote,
                                 now - s.last_rx)

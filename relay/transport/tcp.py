@@ -22,10 +22,14 @@ from relay.transport.remote import Remote
 
 log = logging.getLogger("anytun-relay.tcp")
 
-MAX_STREAMS = 1024
+MAX_STREAMS = 1024         # and never more than the open-file limit leaves room for:
+FD_RESERVE = 256           # fds kept free of streams: sockets, the device, control, logs and
+                           # one accept batch (asyncio takes up to 100 connections at once)
 MAX_BUFFERED = 1 << 20     # per stream; beyond this datagrams are dropped, like a full queue
 IDLE_TIMEOUT = 300.0       # server side: streams silent this long are closed
-UNPROVEN_TIMEOUT = 60.0    # streams that no connection uses yet (nothing authentic) live briefly
+UNPROVEN_TIMEOUT = 60.0    # streams that no connection uses yet (nothing authentic, e.g. half a
+                           # frame and silence) live briefly; --stream-unproven-timeout
+CLOSING_TIMEOUT = 5.0      # an evicted stream counts against the bound until it ended, or this
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 10.0
 
 Resolve = Callable[[], Awaitable[tuple[str, int]]]
@@ -68,7 +72,14 @@ class _Stream(asyncio.Protocol):
     def _hand_over(self, transport: asyncio.Transport) -> None:
         """Nothing was read yet (asyncio starts reading after connection_made): the C data
         plane gets the socket with every byte still in the kernel's buffer."""
-        fd = os.dup(transport.get_extra_info("socket").fileno())
+        try:
+            fd = os.dup(transport.get_extra_info("socket").fileno())
+        except OSError as exc:  # out of fds after all: refuse it like a full table
+            self.owner.refused += 1
+            log.warning("refusing TCP connection from %s: %s", self.remote, exc.strerror)
+            self.owner._unregister(self)
+            transport.abort()
+            return
         adopted = self.owner.adopt(fd, self.remote, self._adopted_end)  # type: ignore
         if adopted is None:
             os.close(fd)
@@ -111,8 +122,11 @@ class TcpTransport:
     def __init__(self, *, listen: tuple[str | None, int] | None = None,
                  connect: Resolve | None = None,
                  on_connected: Callable[[Remote | None], None] | None = None,
-                 proven: Callable[[Remote], bool] | None = None) -> None:
+                 proven: Callable[[Remote], bool] | None = None,
+                 unproven_timeout: float = UNPROVEN_TIMEOUT) -> None:
         self.kind = "tcp"
+        self.unproven_timeout = unproven_timeout
+        self.max_streams = MAX_STREAMS  # lowered by open() to what the fd limit allows
         # proven(remote): a connection uses this stream, i.e. it delivered an authentic
         # datagram. Unproven streams are closed soon and evicted first, so junk connections
         # cannot hold every slot.
@@ -122,28 +136,49 @@ class TcpTransport:
         self.connect = connect
         self.on_connected = on_connected
         self.streams: dict[Remote, _Stream] = {}
+        # evicted, their end not yet reported (their fds are still open): when closed
+        self._closing: dict[_Stream, float] = {}
         self.received = 0
         self.sent = 0
         self.dropped = 0
+        self.refused = 0     # connections turned away: every slot held by a proven stream
+        self.evicted = 0     # unproven streams closed to make room for a new one
+        self.timed_out = 0   # unproven streams closed after unproven_timeout, idle ones after
         self._deliver: Deliver | None = None
         self._server: asyncio.base_events.Server | None = None
         self._tasks: list[asyncio.Task] = []
 
     def _register(self, stream: _Stream) -> bool:
-        if len(self.streams) >= MAX_STREAMS:
-            victim = min((s for s in self.streams.values() if not self.proven(s.remote)),
-                         key=lambda s: s.opened, default=None)  # type: ignore[arg-type]
-            if victim is None or (victim.transport is None and victim.adopted is None):
-                log.warning("refusing TCP connection from %s: %d streams open",
-                            stream.remote, MAX_STREAMS)
-                return False
-            self._unregister(victim)
-            victim.close()
+        """Admit a stream; at the bound the oldest unproven stream makes room. Evicted streams
+        hold their fds until their end is reported, so at most an eighth of the bound may be
+        on the way out: a burst of connections is refused then, and never runs the node out
+        of fds."""
+        if len(self.streams) >= self.max_streams and not self._evict_one():
+            self.refused += 1
+            if self.refused & (self.refused - 1) == 0:  # 1, 2, 4, ...: a flood is not logged
+                log.warning("refusing TCP connection from %s: %d streams open (%d refused)",
+                            stream.remote, self.max_streams, self.refused)
+            return False
         self.streams[stream.remote] = stream  # type: ignore[index]
         log.info("TCP stream from/to %s open", stream.remote)
         return True
 
+    def _evict_one(self) -> bool:
+        """Close the oldest unproven stream, unless too many are still closing."""
+        if len(self._closing) >= max(8, self.max_streams // 8):
+            return False
+        victim = min((s for s in self.streams.values() if not self.proven(s.remote)),
+                     key=lambda s: s.opened, default=None)  # type: ignore[arg-type]
+        if victim is None or (victim.transport is None and victim.adopted is None):
+            return False
+        self.evicted += 1
+        self._unregister(victim)
+        self._closing[victim] = asyncio.get_running_loop().time()
+        victim.close()
+        return True
+
     def _unregister(self, stream: _Stream) -> None:
+        self._closing.pop(stream, None)
         if self.streams.get(stream.remote) is stream:  # type: ignore[arg-type]
             del self.streams[stream.remote]  # type: ignore[arg-type]
             log.info("TCP stream %s closed", stream.remote)
@@ -162,6 +197,7 @@ class TcpTransport:
         self._deliver = deliver
         loop = asyncio.get_running_loop()
         if self.listen is not None:
+            self.max_streams = _stream_limit()
             host, port = self.listen
             try:
                 self._server = await loop.create_server(lambda: _Stream(self), host, port,
@@ -199,13 +235,17 @@ class TcpTransport:
     async def _reap_idle(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(UNPROVEN_TIMEOUT / 2)
+            await asyncio.sleep(max(0.5, min(self.unproven_timeout, IDLE_TIMEOUT) / 4))
             now = loop.time()
+            for s, when in list(self._closing.items()):
+                if when < now - CLOSING_TIMEOUT:  # its end was never reported: stop waiting
+                    del self._closing[s]
             for s in list(self.streams.values()):
                 if s.transport is None and s.adopted is None:
                     continue
                 if s.idle_since() < now - IDLE_TIMEOUT or \
-                        (s.opened < now - UNPROVEN_TIMEOUT and not self.proven(s.remote)):
+                        (s.opened < now - self.unproven_timeout and not self.proven(s.remote)):
+                    self.timed_out += 1
                     s.close()
 
     def send_batch(self, datagrams: list[tuple[bytes, Remote]]) -> None:
@@ -232,6 +272,7 @@ class TcpTransport:
             elif s.adopted is not None:
                 s.adopted.close()
         self.streams.clear()
+        self._closing.clear()
 
     def filenos(self) -> list[int]:
         return []
@@ -240,4 +281,25 @@ class TcpTransport:
         return {"kind": "tcp", "listen": None if self.listen is None else
                 f"{self.listen[0] or '*'}:{self.listen[1]}",
                 "streams": [str(r) for r in self.streams], "received": self.received,
-                "sent": self.sent, "dropped": self.dropped}
+                "sent": self.sent, "dropped": self.dropped, "max_streams": self.max_streams,
+                "refused": self.refused, "evicted": self.evicted, "timed_out": self.timed_out}
+
+
+def _stream_limit() -> int:
+    """MAX_STREAMS, or fewer when the open-file limit would run out first: accept() failing
+    with EMFILE would turn away the clients that prove themselves too. A stream takes two fds
+    while the C data plane adopts it (asyncio's and the dup). The soft limit is raised to the
+    hard one as far as the streams need."""
+    import resource
+    need = 2 * MAX_STREAMS + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return MAX_STREAMS
+    return max(8, min(MAX_STREAMS, (soft - FD_RESERVE) // 2))

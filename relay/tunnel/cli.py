@@ -108,6 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _arg(x, "--keepalive", type=float, metavar="SECONDS", selects=False,
          help="anycast-tcp: send a keep-alive frame after this much silence (default "
          f"{DEFAULT_KEEPALIVE:g}; both ends use the shorter of their two intervals)")
+    _arg(x, "--stream-unproven-timeout", type=float, metavar="SECONDS", selects=False,
+         help="tcp and anycast-tcp servers: close a stream that delivered nothing "
+         "authentic (junk, or half a frame and silence) after this long (default 60)")
     _arg(x, "--no-aarp", action="store_true", selects=False, file_only=False,
          help="tcp client: connect to -r itself, without AARP resolving")
     _arg(x, "--mtu", type=int, metavar="N", selects=False,
@@ -247,6 +250,10 @@ def node_from_args(args: argparse.Namespace) -> NodeSettings:
         raise ConfigError(f"--keepalive must be 0.1..3600 seconds, not {args.keepalive:g}")
     if args.keepalive is not None and "anycast-tcp" not in transports_from(args):
         raise ConfigError("--keepalive only applies to --transport anycast-tcp")
+    unproven = 60.0 if args.stream_unproven_timeout is None else args.stream_unproven_timeout
+    if not 1 <= unproven <= 3600:
+        raise ConfigError("--stream-unproven-timeout must be 1..3600 seconds, not "
+                          f"{args.stream_unproven_timeout:g}")
     bind = None
     if args.interface:
         try:
@@ -257,7 +264,8 @@ def node_from_args(args: argparse.Namespace) -> NodeSettings:
         interface=bind, port=args.port or DEFAULT_PORT, transports=transports_from(args),
         families=fams, sender_id=args.sender_id or 0, device=device_kind(args),
         device_name=args.dev, ifconfig=ifconfig, mtu=args.mtu, post_up=args.post_up_script,
-        max_datagram=args.max_datagram, seq_file=args.seq_file, keepalive=keepalive)
+        max_datagram=args.max_datagram, seq_file=args.seq_file, keepalive=keepalive,
+        stream_unproven_timeout=unproven)
 
 
 def open_tunnel_from(text: str | None, device: str) -> OpenTunnel | None:

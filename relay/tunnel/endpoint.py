@@ -54,6 +54,7 @@ class EndpointSettings:
     anycast_connect: Callable[[], Awaitable[tuple[str, int]]] | None = None
     anycast_listen: bool = False
     keepalive: float = 5.0
+    stream_unproven_timeout: float = 60.0
     dataplane: DataplaneConfig = field(default_factory=DataplaneConfig)
     dataplane_impl: str = "auto"         # auto | python | fast
     progress_interval: float = 0.2
@@ -104,12 +105,13 @@ class Endpoint:
                         listen=(s.bind, s.port) if s.anycast_listen else None,
                         connect=s.anycast_connect, keepalive=s.keepalive,
                         verify=self.authentic, max_datagram=s.dataplane.max_datagram,
-                        on_connected=self._tcp_connected, proven=self._in_use)
+                        on_connected=self._tcp_connected, proven=self._in_use,
+                        unproven_timeout=s.stream_unproven_timeout)
                 else:
                     t = TcpTransport(
                         listen=(s.bind, s.port) if s.tcp_listen else None,
                         connect=s.tcp_connect, on_connected=self._tcp_connected,
-                        proven=self._in_use)
+                        proven=self._in_use, unproven_timeout=s.stream_unproven_timeout)
                 await t.open(self._from_network)
                 self.transports[kind] = t
         except (DeviceError, TransportError) as exc:

@@ -54,4 +54,5 @@ def endpoint_settings(node: NodeSettings, dataplane: DataplaneConfig,
         ifconfig=node.ifconfig[0] if node.ifconfig else None, extra_addresses=node.ifconfig[1:],
         mtu=node.mtu, post_up=node.post_up, bind=node.interface, port=node.port,
         families=node.families, transports=node.transports, dataplane=dataplane,
-        dataplane_impl=impl, keepalive=node.keepalive)
+        dataplane_impl=impl, keepalive=node.keepalive,
+        stream_unproven_timeout=node.stream_unproven_timeout)

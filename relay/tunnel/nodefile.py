@@ -49,7 +49,7 @@ class NodeConfigError(ConfigError, ValueError):
 _NODE_KEYS = {"interface", "port", "transports", "ipv4_only", "ipv6_only", "sender_id",
               "device", "device_name", "ifconfig", "mtu", "post_up", "max_datagram",
               "control_socket", "seq_file", "tunneling", "kernel_routes", "dataplane",
-              "keepalive"}
+              "keepalive", "stream_unproven_timeout"}
 _DEFAULT_KEYS = {"cipher", "auth", "kd", "tag_length", "window", "role"}
 _CONN_KEYS = _DEFAULT_KEYS | {"mux", "name", "passphrase", "key", "salt", "routes", "remote"}
 _OPEN_KEYS = {"enabled", "snat4", "snat6", "out_interface"}
@@ -177,6 +177,15 @@ def _keepalive(where: str, n: dict, transports: tuple[str, ...]) -> float:
     return float(value)
 
 
+def _unproven_timeout(where: str, n: dict) -> float:
+    value = n.get("stream_unproven_timeout", 60.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or \
+            not 1 <= value <= 3600:
+        raise NodeConfigError(f"{where}.stream_unproven_timeout must be 1..3600 seconds, "
+                              f"not {value!r}")
+    return float(value)
+
+
 def parse(text: str, source: str = "config") -> ServerSettings:
     import tomllib  # only nodes with a file read one (it costs the others memory)
     try:
@@ -217,7 +226,8 @@ def parse(text: str, source: str = "config") -> ServerSettings:
         mtu=_int(w, n, "mtu", 576, 65535, None), post_up=_get(w, n, "post_up", str),
         max_datagram=_int(w, n, "max_datagram", 64, 65535, 1600),
         control_socket=_get(w, n, "control_socket", str), seq_file=_get(w, n, "seq_file", str),
-        keepalive=_keepalive(w, n, transports))
+        keepalive=_keepalive(w, n, transports),
+        stream_unproven_timeout=_unproven_timeout(w, n))
     defaults = _check_keys("[defaults]", doc.get("defaults", {}), _DEFAULT_KEYS)
     # fail early on bad defaults, also when no connection uses them yet
     default_spec = ConnectionSpec(

@@ -62,6 +62,8 @@ class NodeSettings:
     control_socket: str | None = None
     seq_file: str | None = None
     keepalive: float = DEFAULT_KEEPALIVE   # anycast-tcp: seconds between keep-alive frames
+    stream_unproven_timeout: float = 60.0  # tcp, anycast-tcp: close streams with nothing
+                                           # authentic after this many seconds
 
     @property
     def datagram_kind(self) -> str:

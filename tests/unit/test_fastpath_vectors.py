@@ -246,6 +246,25 @@ def test_replay_window_across_the_wrap_and_with_many_senders() -> None:
     assert w.high_water() == guard.high_water()
 
 
+def test_sender_ids_are_bounded_in_c_like_in_python() -> None:
+    """65536 sender IDs on one connection: C kept a window (a ring of the window size) for
+    each; both planes now keep MAX_SENDERS and evict the same ones."""
+    from relay.satp.replay import MAX_SENDERS
+    guard, w = _both(2**16)
+    now = 0.0
+    for sid in range(65536):
+        now += 0.001 if sid % 3 else 0.0  # ties too: the lowest ID goes first
+        seq = (sid * 2654435761) % 2**32
+        assert w.accept(sid, seq, now) == guard.accept(sid, seq, now)
+        if sid % 97 == 0:  # an old sender speaks again (kept or re-created: the same in both)
+            old = sid // 2
+            assert w.accept(old, 5, now) == guard.accept(old, 5, now), old
+            w.advance(old + 1, 9, now)
+            guard.advance(old + 1, 9, now)
+    assert w.high_water() == guard.high_water()
+    assert len(w.high_water()) == MAX_SENDERS
+
+
 def test_restarted_peer_is_accepted_only_after_quiet_and_a_run() -> None:
     guard, w = _both(1024)  # defaults: 8 candidates in a row, 2 s without the old stream
     for s in range(5000, 5100):

@@ -111,3 +111,28 @@ def test_capabilities_of_this_process() -> None:
         assert "CAP_NET_ADMIN" in sets["bounding"]
     with pytest.raises(ValueError):
         caps._mask(["CAP_NO_SUCH_THING"])
+
+
+def test_the_bounds_under_attack_are_metrics() -> None:
+    """The refusals of the stream and control-socket bounds (docs/security.md) are counters."""
+    from relay import metrics
+    status = {
+        "tunnel": {"device": {"name": "tun5"}, "connections": [], "dataplane": {},
+                   "transports": [{"kind": "tcp", "received": 1, "sent": 2, "max_streams": 72,
+                                   "refused": 220, "evicted": 28, "timed_out": 72}]},
+        "rtpproxy": {"control_evicted": 483, "control_timed_out": 1},
+        "control": {"socket": "@anytun-relay/tun5", "waiting": 0, "evicted": 687, "refused": 3},
+    }
+    families = {f.name: f for f in
+                text_string_to_metric_families(metrics.render(status).decode())}
+
+    def samples(name: str) -> dict:
+        return {s.labels.get("reason"): s.value for s in families[name].samples
+                if not s.name.endswith("_created")}
+
+    assert families["anytun_relay_transport_max_streams"].samples[0].value == 72
+    assert samples("anytun_relay_transport_streams_ended") == \
+        {"refused": 220, "evicted": 28, "timed_out": 72}
+    assert samples("anytun_relay_rtp_control_connections_ended") == \
+        {"evicted": 483, "timed_out": 1}
+    assert samples("anytun_relay_control_connections_ended") == {"evicted": 687, "refused": 3}

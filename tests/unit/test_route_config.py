@@ -114,6 +114,8 @@ def test_a_full_config() -> None:
     ("[defaults]\nrole = 'middle'\n", "unknown role"),
     ("[[connection]]\nmux = 1\npassphrase = 'x'\nremote = '[::1'\n", "not [address]:port"),
     ("[[connection]]\nmux = 1\npassphrase = 'x'\nremote = '[::1]x'\n", "not [address]:port"),
+    ("[node]\nstream_unproven_timeout = 0\n", "[node].stream_unproven_timeout must be 1..3600"),
+    ("[node]\nstream_unproven_timeout = 'x'\n", "stream_unproven_timeout must be 1..3600"),
 ])
 def test_mistakes_name_the_place(text: str, message: str) -> None:
     with pytest.raises(nc.NodeConfigError, match=re.escape(message)):

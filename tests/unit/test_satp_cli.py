@@ -68,6 +68,8 @@ BAD = [
     (["-D", "-E", "x", "-M", "10.0.0.1:port"], "bad port"),
     (["-D", "-E", "x", "-S", "2000", "-I", "zz"], "-I 'zz': not an IP address"),
     (["-D", "-E", "x", "-I", "127.0.0.1"], "-I (sync interface) needs -S"),
+    (["-D", "-E", "x", "--stream-unproven-timeout", "0"],
+     "--stream-unproven-timeout must be 1..3600"),
 ]
 
 

@@ -176,3 +176,31 @@ def test_jump_just_inside_the_window_keeps_the_flags_it_still_covers() -> None:
     assert g.accept(0, 101 + 63, 0) is V.FRESH
     assert g.accept(0, 101, 0) is V.REPLAY  # still the oldest seq of the window
     assert g.accept(0, 100, 0) is V.TOO_OLD
+
+
+# -- sender IDs: a bounded table per connection ----------------------------------------------------
+
+def test_sender_ids_are_bounded_and_the_oldest_is_evicted() -> None:
+    """A key holder sending from 65536 sender IDs used to make a window for each (unbounded
+    memory per connection); now the sender with the oldest fresh packet makes room."""
+    from relay.satp.replay import MAX_SENDERS
+    g = ReplayGuard(1024)
+    for sid in range(65536):
+        assert g.accept(sid, 10, float(sid)) is V.FRESH
+        assert len(g.senders) <= MAX_SENDERS
+    assert set(g.senders) == set(range(65536 - MAX_SENDERS, 65536))
+    g.accept(65535 - MAX_SENDERS + 1, 11, 1e6)  # the oldest sender speaks: it stays
+    g.accept(0, 5, 1e6)                          # a new one evicts the next oldest instead
+    assert 65535 - MAX_SENDERS + 1 in g.senders and 65535 - MAX_SENDERS + 2 not in g.senders
+    g.advance(1, 50, 1e6)                        # adopted marks obey the bound too
+    assert len(g.senders) == MAX_SENDERS and 1 in g.senders
+
+
+def test_a_live_sender_keeps_its_window_through_sender_id_churn() -> None:
+    g = ReplayGuard(64)
+    now = 0.0
+    for i in range(2000):
+        now += 0.01
+        assert g.accept(7, 100 + i, now) is V.FRESH   # the real peer keeps sending
+        g.accept(1000 + i, 1, now - 1.0)              # churn, each older than the peer
+    assert g.accept(7, 100 + 1999, now) is V.REPLAY   # its window was never evicted
