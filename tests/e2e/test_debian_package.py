@@ -12,6 +12,7 @@ The Debian base (~250 MB) is kept in $ANYCAST_TEST_CACHE (default
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -41,18 +42,25 @@ def _run(argv: list[str], timeout: float = 900, **kw) -> subprocess.CompletedPro
 
 
 def _base() -> Path:
-    """A fresh Debian 12 (minbase, with systemd to boot it), made once."""
-    if not BASE.exists():
-        require_program("debootstrap")
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tree = CACHE / "bookworm.tmp"
-        shutil.rmtree(tree, ignore_errors=True)
-        _run(["debootstrap", "--variant=minbase", "--include=systemd,systemd-sysv,dbus,"
-              "iproute2,curl,ca-certificates", "bookworm", str(tree), MIRROR], timeout=1500)
-        _run(["tar", "--numeric-owner", "-C", str(tree), "-cf", f"{BASE}.part", "."])
-        os.replace(f"{BASE}.part", BASE)
-        shutil.rmtree(tree, ignore_errors=True)
+    """A fresh Debian 12 (minbase, with systemd to boot it), made once; a lock keeps two suites
+    running on one machine from building it into the same folder."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "bookworm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not BASE.exists():
+            _build_base()
     return BASE
+
+
+def _build_base() -> None:
+    require_program("debootstrap")
+    tree = CACHE / "bookworm.tmp"
+    shutil.rmtree(tree, ignore_errors=True)
+    _run(["debootstrap", "--variant=minbase", "--include=systemd,systemd-sysv,dbus,"
+          "iproute2,curl,ca-certificates", "bookworm", str(tree), MIRROR], timeout=1500)
+    _run(["tar", "--numeric-owner", "-C", str(tree), "-cf", f"{BASE}.part", "."])
+    os.replace(f"{BASE}.part", BASE)
+    shutil.rmtree(tree, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
