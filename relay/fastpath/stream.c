@@ -53,6 +53,7 @@ static const fp_framing LENGTH = {
 typedef struct anycast_state {
     fp_atcp codec;
     uint32_t own_ms;
+    int announced; /* the first keep-alive (our interval) went out */
 } anycast_state;
 
 static void anycast_init(void *state, const fp_stream_opts *o) {
@@ -100,8 +101,9 @@ static size_t anycast_idle(void *state, uint64_t now_ns, uint64_t last_tx_ns, ui
         if (p < ms)
             ms = p;
     }
-    if (last_tx_ns && now_ns - last_tx_ns < ms * NS_PER_MS)
-        return 0; /* never sent: announce the interval at once */
+    if (st->announced && now_ns - last_tx_ns < ms * NS_PER_MS)
+        return 0; /* the first one announces the interval at once, as the Python plane */
+    st->announced = 1;
     return fp_atcp_keepalive(out, st->own_ms);
 }
 

@@ -264,6 +264,16 @@ class AnycastTcpTransport:
         self.handover = handover
         self.hub_figures = figures if handover is not None else None
         if handover is None:
+            # the data plane stops and closes its fds; our dups decide how the streams end
+            silent = self.silent_close and self.connect is None
+            for s in self.streams.values():
+                if s.dup is None:
+                    continue
+                if silent:
+                    with contextlib.suppress(OSError):
+                        s.dup.setsockopt(socket.SOL_TCP, TCP_REPAIR, 1)
+                else:
+                    _mark(s.dup, 0)
             return
         for s in list(self.streams.values()):
             if s.transport is not None and s.handed is None and not s.deframer.pending \
