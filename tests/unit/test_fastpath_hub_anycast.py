@@ -14,11 +14,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from relay.satp import PT_IPV4
+from relay.satp import PT_IPV4, OpenError, Role, SatpContext
 from relay.transport.anycast_framing import Deframer, frame, keepalive
 from tests.conftest import require
-from tests.unit.test_fastpath_hub import Rig, ipv4
+from tests.unit.test_fastpath_hub import SUITE, Rig, ipv4
 
 KEEPALIVE = 0.2
 
@@ -164,3 +166,85 @@ def test_a_dropped_stream_ends_without_a_fin(rig: Rig) -> None:
     finally:
         cli.close()
 
+
+
+# -- the hub's stream against the Python reference ----------------------------------------------
+PIECES = st.one_of(
+    st.tuples(st.just("frame"), st.sampled_from((1, 2)), st.binary(min_size=0, max_size=60)),
+    st.tuples(st.just("forged"), st.sampled_from((1, 2, 9)), st.binary(min_size=0, max_size=30)),
+    st.tuples(st.just("keepalive"), st.integers(0, 0xFFFFFFFF), st.just(b"")),
+    st.tuples(st.just("junk"), st.just(0), st.binary(min_size=1, max_size=40)),
+    st.tuples(st.just("marker"), st.sampled_from((0x53, 0x4B, 0x00)), st.binary(max_size=6)),
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(pieces=st.lists(PIECES, max_size=14), synced=st.booleans(), cut=st.integers(0, 30))
+# a taken-over stream whose first candidate names a MUX the hub does not know: "cannot tell",
+# so the next header decides (it is valid: the candidate is taken, then dropped unknown)
+@example(pieces=[("junk", 0, b"xy"), ("forged", 9, b""), ("frame", 1, b"a")], synced=False,
+         cut=0)
+# a forgery of a known client as the first candidate: its tag decides (refused, skipped)
+@example(pieces=[("junk", 0, b"\xa7"), ("forged", 2, b"b"), ("frame", 2, b"c"),
+                 ("keepalive", 50, b"")], synced=False, cut=0)
+def test_the_hub_deframes_like_the_python_reference(pieces, synced: bool, cut: int) -> None:
+    """Random streams of frames of two clients, forgeries (a wrong tag, or a MUX the hub does
+    not know: "cannot tell"), keep-alives, garbage and stray markers, starting mid-frame when
+    taken over: the hub hands the same datagrams on and counts the same resyncs, skipped bytes
+    and keep-alives as the Python Deframer with the endpoint's `authentic` answers."""
+    r = Rig()
+    cli, conn, peer = pair()
+    try:
+        hub_side = {m: SatpContext(SUITE, k, Role.LEFT) for m, k in r.keys.items()}
+
+        def authentic(d: bytes) -> bool | None:   # relay.tunnel.endpoint's, on the hub's keys
+            ctx = hub_side.get(int.from_bytes(d[6:8], "big"))
+            if ctx is None:
+                return None
+            try:
+                ctx.open(d)
+            except OpenError:
+                return False
+            return True
+
+        data = bytearray()
+        seq = dict.fromkeys(r.clients, 0)
+        for kind, arg, blob in pieces:
+            if kind == "frame":
+                c = r.clients[arg]
+                data += frame(c.ctx.seal(seq[arg], 0, arg, PT_IPV4,
+                                         ipv4(f"10.8.{arg}.2", "10.8.0.1", blob)))
+                seq[arg] += 1
+            elif kind == "forged":
+                c = r.clients.get(arg) or r.clients[1]
+                d = bytearray(c.ctx.seal(1000 + len(data), 0, arg, PT_IPV4,
+                                         ipv4("10.8.1.2", "10.8.0.1", blob)))
+                d[-1] ^= 0x5A
+                data += frame(bytes(d))
+            elif kind == "keepalive":
+                data += keepalive(arg)
+            elif kind == "junk":
+                data += blob
+            else:
+                data += bytes([0xA7, arg]) + blob
+        data = data[cut:] if not synced else data
+        ref = Deframer(authentic, synced=synced, max_body=1600)
+        expect = []
+        for d in ref.feed(bytes(data)):
+            if authentic(d):
+                expect.append(hub_side[int.from_bytes(d[6:8], "big")].open(d).payload)
+        stream = r.hub.add_stream(conn.detach(), peer, "anycast", synced=synced)
+        assert stream > 0
+        cli.sendall(bytes(data))
+        got = [r.device_gets() for _ in expect]
+        assert got == expect
+        want = {"resyncs": ref.resyncs, "skipped": ref.skipped, "keepalives": ref.keepalives,
+                "peer_interval_ms": ref.peer_interval_ms or 0}
+        deadline = time.monotonic() + 3
+        while r.hub.stream_stats(stream) != want and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert r.hub.stream_stats(stream) == want
+        assert r.device_gets(0.05) is None
+    finally:
+        cli.close()
+        r.close()
