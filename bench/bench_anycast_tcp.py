@@ -35,7 +35,9 @@ from lab.netns import stop_process
 from lab.services import wait_port
 
 REDIS_PORT = 6395
-RELAY = [sys.executable, "-m", "relay.cli", "-D", "-L", "stdout:3"]
+# BENCH_ANYCAST_DATAPLANE=python: the same run on the Python plane (the reference)
+RELAY = [sys.executable, "-m", "relay.cli", "-D", "-L", "stdout:3", "--dataplane",
+         os.environ.get("BENCH_ANYCAST_DATAPLANE", "auto")]
 INNER = "10.8.0.0/16"
 
 
@@ -108,6 +110,8 @@ class Bench:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait(lambda: c.run(["ping", "-c1", "-W1", "10.8.0.1"], check=False).returncode == 0,
               20, f"the {transport} tunnel")
+        # the control socket may come up after the first packets pass
+        _wait(lambda: _status(c, "tun8") is not None, 10, "the client's status")
 
     def stop_client(self) -> None:
         if self.client is not None:
