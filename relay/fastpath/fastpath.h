@@ -243,7 +243,7 @@ long fp_offload_coalesce(int fd, int tcp, int uso, const uint8_t *buf, const uin
 
 #define FP_HUB_MAX_WORKERS 32
 #define FP_CD_COUNT 8
-#define FP_NC_COUNT 31
+#define FP_NC_COUNT 35
 
 enum fp_remote_kind { FP_RK_NONE = 0, FP_RK_UDP = 1, FP_RK_UDPLITE = 2, FP_RK_STREAM = 3 };
 /* FP_FRAMING_LENGTH: 2-byte length + datagram (--transport tcp); FP_FRAMING_ANYCAST: the
@@ -306,7 +306,9 @@ enum fp_node_counter {
     FP_NC_NO_MEMORY = 19, FP_NC_RX_SYSCALLS = 20, FP_NC_TX_SYSCALLS = 21,
     FP_NC_TX_BATCHED = 22, FP_NC_SLOW = 23, FP_NC_SEGMENTED = 24, FP_NC_COALESCED = 25,
     FP_NC_RESTART = 26, FP_NC_EVENTS_LOST = 27, FP_NC_STREAM_RESYNCS = 28,
-    FP_NC_STREAM_KEEPALIVES_RX = 29, FP_NC_STREAM_KEEPALIVES_TX = 30
+    FP_NC_STREAM_KEEPALIVES_RX = 29, FP_NC_STREAM_KEEPALIVES_TX = 30,
+    /* datagrams carried on streams, per framing: the transports' received / sent */
+    FP_NC_TCP_RX = 31, FP_NC_TCP_TX = 32, FP_NC_ANYCAST_RX = 33, FP_NC_ANYCAST_TX = 34
 };
 
 typedef struct fp_hub_conn_stats {

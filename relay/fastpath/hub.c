@@ -625,6 +625,8 @@ uint32_t fp_hub_stream_add(fp_hub *h, int fd, int framing, const uint8_t *peer,
         return 0;
     s->fd = fd;
     s->framing = f;
+    s->nc_rx = framing == FP_FRAMING_ANYCAST ? FP_NC_ANYCAST_RX : FP_NC_TCP_RX;
+    s->nc_tx = framing == FP_FRAMING_ANYCAST ? FP_NC_ANYCAST_TX : FP_NC_TCP_TX;
     s->fstate = f->state_size ? calloc(1, f->state_size) : NULL;
     pthread_mutex_init(&s->out_lock, NULL);
     s->in_cap = 16384;

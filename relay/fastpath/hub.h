@@ -207,6 +207,7 @@ typedef struct hub_stream {
     int worker;                     /* the owner reads it and serves EPOLLOUT */
     const fp_framing *framing;
     void *fstate;
+    int nc_rx, nc_tx;               /* the node counters of its datagrams (per framing) */
     fp_remote peer;                 /* kind FP_RK_STREAM, id, the peer's address */
     _Atomic int dead;               /* ended: no more IO; freed by fp_hub_maintain */
     uint8_t *in;                    /* owner only */

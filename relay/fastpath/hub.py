@@ -31,7 +31,8 @@ NODE_COUNTERS = ("rx", "tx", "relayed", "short", "unknown_mux", "auth", "replay"
                  "oversize", "no_transport", "send_error", "device_write", "stream_dropped",
                  "stream_skipped", "no_memory", "rx_syscalls", "tx_syscalls", "tx_batched",
                  "slow", "segmented", "coalesced", "restart", "events_lost", "stream_resyncs",
-                 "stream_keepalives_rx", "stream_keepalives_tx")
+                 "stream_keepalives_rx", "stream_keepalives_tx", "tcp_rx", "tcp_tx",
+                 "anycast_rx", "anycast_tx")
 # what the Python plane counts in Dataplane.drops (the others are the C plane's own figures)
 NODE_DROPS = NODE_COUNTERS[3:20]
 CONN_DROPS = ("short", "auth", "replay", "too_old", "payload_type", "no_remote", "oversize",

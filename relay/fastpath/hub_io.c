@@ -123,8 +123,8 @@ uint8_t *hub_out_room(hub_worker *w, const fp_remote *to, size_t need) {
     return w->arena + w->used;
 }
 
-static void stream_append(hub_worker *w, hub_stream *s, const uint8_t *hdr, size_t hl,
-                          const uint8_t *d, size_t len);
+static int stream_append(hub_worker *w, hub_stream *s, const uint8_t *hdr, size_t hl,
+                         const uint8_t *d, size_t len);
 
 void hub_out_commit(hub_worker *w, const fp_remote *to, uint8_t *d, size_t len) {
     if (w->cap_buf) {
@@ -143,7 +143,8 @@ void hub_out_commit(hub_worker *w, const fp_remote *to, uint8_t *d, size_t len) 
             hub_nc(w, FP_NC_STREAM_DROPPED, 1);
             return;
         }
-        stream_append(w, s, hdr, hl, d, len);
+        if (stream_append(w, s, hdr, hl, d, len))
+            hub_nc(w, s->nc_tx, 1);
         return;
     }
     hub_msg *m = w->nmsgs ? &w->msgs[w->nmsgs - 1] : NULL;
@@ -347,14 +348,15 @@ static void stream_flush(hub_worker *w, hub_stream *s) {
     pthread_mutex_unlock(&s->out_lock);
 }
 
-static void stream_append(hub_worker *w, hub_stream *s, const uint8_t *hdr, size_t hl,
-                          const uint8_t *d, size_t len) {
+/* 1: queued; 0: dropped (counted) */
+static int stream_append(hub_worker *w, hub_stream *s, const uint8_t *hdr, size_t hl,
+                         const uint8_t *d, size_t len) {
     size_t need = hl + len;
     pthread_mutex_lock(&s->out_lock);
     if (s->out_len + need > HUB_STREAM_OUT_MAX) {
         pthread_mutex_unlock(&s->out_lock);
         hub_nc(w, FP_NC_STREAM_DROPPED, 1); /* like a full queue (Python: MAX_BUFFERED) */
-        return;
+        return 0;
     }
     if (s->out_off + s->out_len + need > s->out_cap) {
         if (s->out_off) {
@@ -369,7 +371,7 @@ static void stream_append(hub_worker *w, hub_stream *s, const uint8_t *hdr, size
             if (!grown) {
                 pthread_mutex_unlock(&s->out_lock);
                 hub_nc(w, FP_NC_STREAM_DROPPED, 1);
-                return;
+                return 0;
             }
             s->out = grown;
             s->out_cap = cap;
@@ -384,10 +386,11 @@ static void stream_append(hub_worker *w, hub_stream *s, const uint8_t *hdr, size
     if (!atomic_exchange(&s->pending, 1)) {
         if (w->nflush == (int)(sizeof(w->flush) / sizeof(w->flush[0]))) {
             stream_flush(w, s);
-            return;
+            return 1;
         }
         w->flush[w->nflush++] = s;
     }
+    return 1;
 }
 
 /* For resynchronising framings: does a candidate datagram authenticate? (no replay check,
@@ -454,8 +457,10 @@ static void stream_read(hub_worker *w, hub_stream *s) {
                 hub_nc(w, FP_NC_STREAM_KEEPALIVES_RX, 1);
             if (r == FP_FRAME_MORE || !f.consumed)
                 break;
-            if (r == FP_FRAME_OK)
+            if (r == FP_FRAME_OK) {
+                hub_nc(w, s->nc_rx, 1);
                 hub_from_net(w, s->in + off + f.off, f.len, &s->peer);
+            }
             else if (r == FP_FRAME_SKIP)
                 hub_nc(w, FP_NC_STREAM_SKIPPED, f.consumed);
             off += f.consumed;

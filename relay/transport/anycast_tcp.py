@@ -420,8 +420,10 @@ class AnycastTcpTransport:
               "streams_on_c_plane": sum(1 for s in live if s.handed is not None),
               "listen": None if self.listen is None else
               f"{self.listen[0] or '*'}:{self.listen[1]}",
-              "streams": [str(r) for r in self.streams], "received": self.received,
-              "sent": self.sent, "dropped": self.dropped, "not_held": self.not_held,
+              "streams": [str(r) for r in self.streams],
+              "received": self.received + hub.get("anycast_rx", 0),
+              "sent": self.sent + hub.get("anycast_tx", 0), "dropped": self.dropped,
+              "not_held": self.not_held,
               "keepalives_sent": self.keepalives_sent + hub.get("stream_keepalives_tx", 0),
               "keepalives_received": sum(s.deframer.keepalives for s in live) +
               hub.get("stream_keepalives_rx", 0),

@@ -72,7 +72,7 @@ MAX_WORKERS = 16
 CARRIED = {"udp", "udplite", "tcp", "anycast-tcp"}
 # the stream counters the anycast-tcp transport shows in its status
 HUB_FIGURES = ("stream_resyncs", "stream_skipped", "stream_keepalives_rx",
-               "stream_keepalives_tx")
+               "stream_keepalives_tx", "anycast_rx", "anycast_tx")
 
 
 def workers_wanted() -> int:

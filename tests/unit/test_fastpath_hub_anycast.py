@@ -79,6 +79,7 @@ def test_a_stream_in_sync_carries_frames_and_keepalives_both_ways(rig: Rig) -> N
         c = rig.hub.counters()
         assert c["stream_keepalives_rx"] == 1 and c["stream_keepalives_tx"] >= 3
         assert c["stream_skipped"] == 0 and c["rx"] == 3
+        assert c["anycast_rx"] == 3 and c["anycast_tx"] == 1 and c["tcp_rx"] == 0
     finally:
         cli.close()
 
