@@ -9,8 +9,10 @@ client on the anycast address, first with `--transport anycast-tcp`, then with U
 * owner killed: node 1 dies by SIGKILL as the route moves to node 2 (node 2 re-creates the TCP
   connection with TCP_REPAIR; for UDP it simply answers).
 Each recovery row is the longest time without a ping reply; bytes lost are the stream bytes
-the two ends' framing skipped to find the next frame. `python -m bench.bench_anycast_tcp`;
-never raises.
+the two ends' framing skipped to find the next frame. Every process runs the default data
+plane: the C hub at the nodes and at the anycast-tcp client (its stream framing in
+relay/fastpath/stream.c), the point-to-point C engine at the UDP client; the notes say which
+plane each end reported. `python -m bench.bench_anycast_tcp`; never raises.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from lab.netns import stop_process
 from lab.services import wait_port
 
 REDIS_PORT = 6395
-RELAY = [sys.executable, "-m", "relay.cli", "-D", "-L", "stdout:3", "--dataplane", "python"]
+# BENCH_ANYCAST_DATAPLANE=python: the same run on the Python plane (the reference)
+RELAY = [sys.executable, "-m", "relay.cli", "-D", "-L", "stdout:3", "--dataplane",
+         os.environ.get("BENCH_ANYCAST_DATAPLANE", "auto")]
 INNER = "10.8.0.0/16"
 
 
@@ -106,6 +110,8 @@ class Bench:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait(lambda: c.run(["ping", "-c1", "-W1", "10.8.0.1"], check=False).returncode == 0,
               20, f"the {transport} tunnel")
+        # the control socket may come up after the first packets pass
+        _wait(lambda: _status(c, "tun8") is not None, 10, "the client's status")
 
     def stop_client(self) -> None:
         if self.client is not None:
@@ -146,6 +152,17 @@ class Bench:
         gaps = [b - a for a, b in itertools.pairwise(stamps)]
         return max(gaps, default=span) * 1000, int(span / 0.02) - len(stamps)
 
+    def planes(self) -> str:
+        """The data plane each end runs (the external plane's kind, or python)."""
+        out = []
+        for who, node, dev in (("client", self.lab.client, "tun8"),
+                               *((f"node {j}", self.lab.server(j), "tun7")
+                                 for j in sorted(self.nodes))):
+            tun = (_status(node, dev) or {}).get("tunnel") or {}
+            ext = tun.get("external_dataplane") or {}
+            out.append(f"{who} {ext.get('kind', 'python')}")
+        return ", ".join(out)
+
     def skipped(self) -> int:
         """Stream bytes both ends threw away to find the next frame."""
         total = 0
@@ -168,6 +185,7 @@ def _measure(b: Bench, transport: str, span: float) -> dict:
     b.move(1)
     b.start_client(transport)
     try:
+        out["planes"] = b.planes()
         out["mbps"] = b.iperf(seconds())
         before = b.skipped()
         out["alive"] = b.pinged(span, [(span / 3, lambda: b.move(2)),
@@ -219,8 +237,10 @@ def run() -> list[dict]:
     u = u if isinstance(u, dict) else {}
     failed = "; ".join(f"{k} failed: {v}" for k, v in res.items() if isinstance(v, str))
     note = f"ping every 20 ms for {span:g}s" + (f"; {failed}" if failed else "")
+    planes = "; ".join(f"{k}: {v['planes']}" for k, v in res.items()
+                       if isinstance(v, dict) and "planes" in v)
     rows = [row("anycast-tcp throughput (vs udp transport)", t.get("mbps"), u.get("mbps"),
-                "Mbit/s", f"iperf3 through the tunnel, {seconds():g}s" +
+                "Mbit/s", f"iperf3 through the tunnel, {seconds():g}s; planes {planes}" +
                 (f"; {failed}" if failed else ""))]
     for case, what in (("alive", "owner alive, route 1->2->1"),
                        ("killed", "owner SIGKILLed as the route moves")):

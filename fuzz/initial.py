@@ -206,6 +206,23 @@ def gro() -> Iterator[bytes]:
     yield _batch(1, _inner_packets())
 
 
+def stream_framing() -> Iterator[bytes]:
+    # opts (anycast | unsynced << 1), max_body - 16 (u16), keep-alive ms (u16), then chunks:
+    # length - 1, the bytes, the time that passes (10 ms units)
+    def chunks(data: bytes, size: int) -> bytes:
+        return b"".join(bytes([min(size, len(data) - i) - 1]) + data[i:i + size] + b"\x05"
+                        for i in range(0, len(data), size))
+    dgram = bytes(range(40))
+    length = b"".join(struct.pack("!H", len(dgram)) + dgram for _ in range(4))
+    anycast = b"".join(b"\xa7S" + struct.pack("!H", len(dgram)) + dgram for _ in range(4))
+    keep = b"\xa7K\x00\x04" + struct.pack("!I", 2000)
+    yield bytes([0]) + struct.pack("!HH", 1584, 0) + chunks(length, 7)
+    yield bytes([1]) + struct.pack("!HH", 1584, 1000) + chunks(keep + anycast, 13)
+    yield bytes([3]) + struct.pack("!HH", 1584, 1000) + chunks(dgram[5:] + anycast, 50)
+    yield bytes([3]) + struct.pack("!HH", 100, 200) + chunks(bytes(range(256)) * 4 + anycast,
+                                                             255)
+
+
 def rtp() -> Iterator[bytes]:
     # opts (ask | sticky << 2 | wired << 3), src, ask1, ask2 (0: none, 1-3: a sender), packets
     for opts, addrs in ((8 | 1, (0, 1, 3)), (8 | 4 | 2, (0, 0, 0)), (8, (2, 0, 0)),
@@ -295,7 +312,7 @@ def py_dataplane() -> Iterator[bytes]:
 GENERATORS = {
     "c_shim_config": shim_config, "c_shim_env": shim_env, "c_shim_addr": shim_addr,
     "c_shim_message": shim_message, "c_satp_open": satp_open, "c_replay": replay,
-    "c_gso": gso, "c_gro": gro, "c_rtp": rtp,
+    "c_gso": gso, "c_gro": gro, "c_rtp": rtp, "c_stream_framing": stream_framing,
     "py_satp_open": satp_open, "py_replay": replay, "py_aarp_message": shim_message,
     "py_aarp_config": shim_env, "py_rtpproxy": py_rtpproxy, "py_anytun_sync": py_anytun_sync,
     "py_records": py_records, "py_node_config": py_node_config, "py_dataplane": py_dataplane,

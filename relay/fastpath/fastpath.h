@@ -246,10 +246,12 @@ long fp_offload_coalesce(int fd, int tcp, int uso, const uint8_t *buf, const uin
 
 #define FP_HUB_MAX_WORKERS 32
 #define FP_CD_COUNT 8
-#define FP_NC_COUNT 28
+#define FP_NC_COUNT 35
 
 enum fp_remote_kind { FP_RK_NONE = 0, FP_RK_UDP = 1, FP_RK_UDPLITE = 2, FP_RK_STREAM = 3 };
-enum fp_framing_id { FP_FRAMING_LENGTH = 1 }; /* 2-byte length + datagram (--transport tcp) */
+/* FP_FRAMING_LENGTH: 2-byte length + datagram (--transport tcp); FP_FRAMING_ANYCAST: the
+ * anycast-tcp frames above, resynchronising, with keep-alives (--transport anycast-tcp) */
+enum fp_framing_id { FP_FRAMING_LENGTH = 1, FP_FRAMING_ANYCAST = 2 };
 enum fp_hub_fd_kind { FP_FD_DEVICE = 0, FP_FD_UDP = 1, FP_FD_UDPLITE = 2 };
 
 /* Where a peer is: a UDP / UDP-Lite address, or a stream (its id; addr is the stream's peer). */
@@ -306,7 +308,10 @@ enum fp_node_counter {
     FP_NC_DEVICE_WRITE = 16, FP_NC_STREAM_DROPPED = 17, FP_NC_STREAM_SKIPPED = 18,
     FP_NC_NO_MEMORY = 19, FP_NC_RX_SYSCALLS = 20, FP_NC_TX_SYSCALLS = 21,
     FP_NC_TX_BATCHED = 22, FP_NC_SLOW = 23, FP_NC_SEGMENTED = 24, FP_NC_COALESCED = 25,
-    FP_NC_RESTART = 26, FP_NC_EVENTS_LOST = 27
+    FP_NC_RESTART = 26, FP_NC_EVENTS_LOST = 27, FP_NC_STREAM_RESYNCS = 28,
+    FP_NC_STREAM_KEEPALIVES_RX = 29, FP_NC_STREAM_KEEPALIVES_TX = 30,
+    /* datagrams carried on streams, per framing: the transports' received / sent */
+    FP_NC_TCP_RX = 31, FP_NC_TCP_TX = 32, FP_NC_ANYCAST_RX = 33, FP_NC_ANYCAST_TX = 34
 };
 
 typedef struct fp_hub_conn_stats {
@@ -388,10 +393,17 @@ void fp_hub_mac_forget(fp_hub *h, uint16_t mux);
 int fp_hub_mac_get(fp_hub *h, const uint8_t *mac);
 
 /* Hands a connected stream socket to the hub (which closes it when it ends); returns the
- * stream id (> 0) or 0 (full, bad framing or fd). */
+ * stream id (> 0) or 0 (full, bad framing or fd). synced = 0: the stream starts mid-frame (a
+ * taken-over connection); keepalive_ms: this end's keep-alive interval (framings with one). */
 uint32_t fp_hub_stream_add(fp_hub *h, int fd, int framing, const uint8_t *peer,
-                           uint32_t peer_len);
+                           uint32_t peer_len, int synced, uint32_t keepalive_ms);
 int fp_hub_stream_close(fp_hub *h, uint32_t id);
+/* Ends a stream without a word to its peer (another node carries the connection on): TCP_REPAIR
+ * on, then the socket is closed (no FIN, no RST). */
+int fp_hub_stream_drop(fp_hub *h, uint32_t id);
+/* A stream's framing figures: resyncs, skipped bytes, keep-alives received, the peer's
+ * announced interval (ms, 0 = none); -1 if it is gone. */
+int fp_hub_stream_stats(fp_hub *h, uint32_t id, uint64_t *out, size_t n);
 /* CLOCK_MONOTONIC seconds of the stream's last received bytes, or -1 if it is gone. */
 double fp_hub_stream_last_rx(fp_hub *h, uint32_t id);
 

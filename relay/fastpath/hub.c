@@ -9,9 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -613,7 +616,7 @@ hub_stream *hub_stream_get(fp_hub *h, uint32_t id) {
 }
 
 uint32_t fp_hub_stream_add(fp_hub *h, int fd, int framing, const uint8_t *peer,
-                           uint32_t peer_len) {
+                           uint32_t peer_len, int synced, uint32_t keepalive_ms) {
     const fp_framing *f = fp_framing_get(framing);
     if (!f || fd < 0 || peer_len > sizeof(((fp_remote *)0)->addr) || !h->started)
         return 0;
@@ -622,6 +625,8 @@ uint32_t fp_hub_stream_add(fp_hub *h, int fd, int framing, const uint8_t *peer,
         return 0;
     s->fd = fd;
     s->framing = f;
+    s->nc_rx = framing == FP_FRAMING_ANYCAST ? FP_NC_ANYCAST_RX : FP_NC_TCP_RX;
+    s->nc_tx = framing == FP_FRAMING_ANYCAST ? FP_NC_ANYCAST_TX : FP_NC_TCP_TX;
     s->fstate = f->state_size ? calloc(1, f->state_size) : NULL;
     pthread_mutex_init(&s->out_lock, NULL);
     s->in_cap = 16384;
@@ -630,6 +635,11 @@ uint32_t fp_hub_stream_add(fp_hub *h, int fd, int framing, const uint8_t *peer,
         s->fd = -1;
         hub_stream_free(s);
         return 0;
+    }
+    if (f->init) {
+        fp_stream_opts o = {.synced = synced, .keepalive_ms = keepalive_ms,
+                            .max_body = (size_t)h->cfg.max_datagram};
+        f->init(s->fstate, &o);
     }
     pthread_mutex_lock(&h->ctl_lock);
     uint32_t id = 0;
@@ -673,6 +683,33 @@ int fp_hub_stream_close(fp_hub *h, uint32_t id) {
         shutdown(s->fd, SHUT_RDWR); /* the owner sees the end and reports it */
     pthread_mutex_unlock(&h->ctl_lock);
     return s ? 0 : -ENOENT;
+}
+
+int fp_hub_stream_drop(fp_hub *h, uint32_t id) {
+    pthread_mutex_lock(&h->ctl_lock);
+    hub_stream *s = hub_stream_get(h, id);
+    int rc = -ENOENT;
+    if (s && !atomic_exchange(&s->dead, 1)) {
+        int on = 1;
+        rc = setsockopt(s->fd, IPPROTO_TCP, TCP_REPAIR, &on, sizeof(on)) < 0 ? -errno : 0;
+        /* the owner no longer reads it; fp_hub_maintain closes it after the epoch */
+        epoll_ctl(h->w[s->worker]->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+        fp_hub_event ev;
+        memset(&ev, 0, sizeof(ev));
+        ev.kind = FP_HEV_STREAM_CLOSED;
+        ev.remote = s->peer;
+        hub_push_event(h, &ev);
+    }
+    pthread_mutex_unlock(&h->ctl_lock);
+    return rc;
+}
+
+int fp_hub_stream_stats(fp_hub *h, uint32_t id, uint64_t *out, size_t n) {
+    pthread_mutex_lock(&h->ctl_lock);
+    hub_stream *s = hub_stream_get(h, id);
+    int k = s && !atomic_load(&s->dead) ? fp_framing_stats(s->framing, s->fstate, out, n) : -1;
+    pthread_mutex_unlock(&h->ctl_lock);
+    return k;
 }
 
 double fp_hub_stream_last_rx(fp_hub *h, uint32_t id) {

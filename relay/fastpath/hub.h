@@ -97,16 +97,27 @@ size_t fp_mactab_bytes(const fp_mactab *t);
 
 /* ---- stream framings (stream.c) ------------------------------------------------------------- */
 
-enum { FP_FRAME_MORE = 0, FP_FRAME_OK = 1, FP_FRAME_SKIP = 2 };
+enum { FP_FRAME_MORE = 0, FP_FRAME_OK = 1, FP_FRAME_SKIP = 2, FP_FRAME_CONTROL = 3 };
+/* What else a decode step saw (fp_frame.events), for the node counters. */
+enum { FP_FEV_RESYNC = 1, FP_FEV_KEEPALIVE = 2 };
 
 /* Asks the engine whether a candidate datagram authenticates (for framings that resync
- * mid-stream by verifying candidate frames). */
+ * mid-stream by verifying candidate frames): 1 yes, 0 no, -1 cannot tell (null auth, no
+ * such connection). */
 typedef int (*fp_frame_check_fn)(void *ctx, const uint8_t *dgram, size_t len);
 
 typedef struct fp_frame {
     size_t consumed; /* bytes of the stream this call used up (OK and SKIP) */
     size_t off, len; /* OK: the datagram at buf + off */
+    unsigned events; /* FP_FEV_* */
 } fp_frame;
+
+/* How a stream starts (fp_hub_stream_add's options). */
+typedef struct fp_stream_opts {
+    int synced;              /* 0: the stream starts mid-frame (a taken-over connection) */
+    uint32_t keepalive_ms;   /* this end's keep-alive interval; 0 = none */
+    size_t max_body;         /* the longest datagram */
+} fp_stream_opts;
 
 /* How SATP datagrams ride on a byte stream. A framing holds no pointers into the stream's
  * buffers; `state` (state_size bytes, zeroed at stream start) is its own per stream. */
@@ -114,9 +125,12 @@ typedef struct fp_framing {
     const char *name;
     size_t header_len;       /* bytes encode() writes before each datagram */
     size_t state_size;
+    /* Optional: set the state up for a new stream. */
+    void (*init)(void *state, const fp_stream_opts *opts);
     size_t (*encode)(void *state, uint8_t *hdr, size_t dglen);
     /* MORE: wait for more bytes; OK: one datagram (f->off/len), f->consumed used up;
-     * SKIP: f->consumed bytes are not a frame (resync): dropped and counted. */
+     * SKIP: f->consumed bytes are not a frame (resync): dropped and counted; CONTROL: a frame
+     * of the framing's own (a keep-alive), f->consumed used up. */
     int (*decode)(void *state, const uint8_t *buf, size_t avail, fp_frame *f,
                   fp_frame_check_fn check, void *check_ctx);
     /* Optional: bytes to send when the stream was quiet (keep-alive); 0 for none. Called by
@@ -126,6 +140,8 @@ typedef struct fp_framing {
 
 /* The framing registered for an FP_FRAMING_* id, NULL if none. */
 const fp_framing *fp_framing_get(int id);
+/* Its figures for a stream (fp_hub_stream_stats' order); how many were written. */
+int fp_framing_stats(const fp_framing *f, const void *state, uint64_t *out, size_t n);
 
 /* ---- the hub's objects (hub.c: tables and control, hub_core.c: decisions, hub_io.c) ------- */
 
@@ -191,6 +207,7 @@ typedef struct hub_stream {
     int worker;                     /* the owner reads it and serves EPOLLOUT */
     const fp_framing *framing;
     void *fstate;
+    int nc_rx, nc_tx;               /* the node counters of its datagrams (per framing) */
     fp_remote peer;                 /* kind FP_RK_STREAM, id, the peer's address */
     _Atomic int dead;               /* ended: no more IO; freed by fp_hub_maintain */
     uint8_t *in;                    /* owner only */

@@ -24,13 +24,15 @@ MAX_PACKET = 65536
 KINDS = {"udp": 1, "udplite": 2, "tcp": 3}
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 FD_KINDS = {"device": 0, "udp": 1, "udplite": 2}
-FRAMINGS = {"length": 1}
+FRAMINGS = {"length": 1, "anycast": 2}
 # fastpath.h's enum fp_node_counter and enum fp_conn_drop, in order (Python plane names first)
 NODE_COUNTERS = ("rx", "tx", "relayed", "short", "unknown_mux", "auth", "replay", "too_old",
                  "payload_type", "malformed", "no_route", "no_connection", "no_remote",
                  "oversize", "no_transport", "send_error", "device_write", "stream_dropped",
                  "stream_skipped", "no_memory", "rx_syscalls", "tx_syscalls", "tx_batched",
-                 "slow", "segmented", "coalesced", "restart", "events_lost")
+                 "slow", "segmented", "coalesced", "restart", "events_lost", "stream_resyncs",
+                 "stream_keepalives_rx", "stream_keepalives_tx", "tcp_rx", "tcp_tx",
+                 "anycast_rx", "anycast_tx")
 # what the Python plane counts in Dataplane.drops (the others are the C plane's own figures)
 NODE_DROPS = NODE_COUNTERS[3:20]
 CONN_DROPS = ("short", "auth", "replay", "too_old", "payload_type", "no_remote", "oversize",
@@ -304,15 +306,35 @@ class Hub:
         return None if mux < 0 else mux
 
     # -- streams ----------------------------------------------------------------------------
-    def add_stream(self, fd: int, peer: tuple[str, int], framing: str = "length") -> int:
+    def add_stream(self, fd: int, peer: tuple[str, int], framing: str = "length", *,
+                   synced: bool = True, keepalive: float = 0.0) -> int:
         """Hand a connected stream socket over (the hub closes it when it ends); its id, or
-        0 if the hub cannot take it (the caller keeps the fd then)."""
+        0 if the hub cannot take it (the caller keeps the fd then). synced=False: the stream
+        starts mid-frame (a taken-over connection); keepalive: this end's interval in
+        seconds (the anycast framing sends keep-alives after it)."""
         family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
         raw = sockaddr(family, peer[0], peer[1])
-        return lib.fp_hub_stream_add(self._ptr(), fd, FRAMINGS[framing], raw, len(raw))
+        ms = max(0, min(int(keepalive * 1000), 0xFFFFFFFF))
+        return lib.fp_hub_stream_add(self._ptr(), fd, FRAMINGS[framing], raw, len(raw),
+                                     int(synced), ms)
 
     def close_stream(self, stream: int) -> None:
         lib.fp_hub_stream_close(self._ptr(), stream)
+
+    def drop_stream(self, stream: int) -> None:
+        """End a stream without a FIN or RST (TCP_REPAIR first): another node carries the
+        connection on."""
+        lib.fp_hub_stream_drop(self._ptr(), stream)
+
+    def stream_stats(self, stream: int) -> dict[str, int] | None:
+        """The framing's figures of a stream (resyncs, skipped bytes, keep-alives received,
+        the peer's interval in ms); None once it ended, {} for a framing without any."""
+        out = ffi.new("uint64_t[]", 4)
+        n = lib.fp_hub_stream_stats(self._ptr(), stream, out, 4)
+        if n < 0:
+            return None
+        names = ("resyncs", "skipped", "keepalives", "peer_interval_ms")
+        return {names[i]: out[i] for i in range(n)}
 
     def stream_last_rx(self, stream: int) -> float | None:
         """Monotonic time of the stream's last received bytes; None once it ended."""

@@ -123,8 +123,8 @@ uint8_t *hub_out_room(hub_worker *w, const fp_remote *to, size_t need) {
     return w->arena + w->used;
 }
 
-static void stream_append(hub_worker *w, hub_stream *s, const uint8_t *hdr, size_t hl,
-                          const uint8_t *d, size_t len);
+static int stream_append(hub_worker *w, hub_stream *s, const uint8_t *hdr, size_t hl,
+                         const uint8_t *d, size_t len);
 
 void hub_out_commit(hub_worker *w, const fp_remote *to, uint8_t *d, size_t len) {
     if (w->cap_buf) {
@@ -139,7 +139,12 @@ void hub_out_commit(hub_worker *w, const fp_remote *to, uint8_t *d, size_t len) 
         }
         uint8_t hdr[SBUF_HEAD];
         size_t hl = s->framing->encode(s->fstate, hdr, len);
-        stream_append(w, s, hdr, hl, d, len);
+        if (!hl && s->framing->header_len) { /* does not fit a frame */
+            hub_nc(w, FP_NC_STREAM_DROPPED, 1);
+            return;
+        }
+        if (stream_append(w, s, hdr, hl, d, len))
+            hub_nc(w, s->nc_tx, 1);
         return;
     }
     hub_msg *m = w->nmsgs ? &w->msgs[w->nmsgs - 1] : NULL;
@@ -343,14 +348,15 @@ static void stream_flush(hub_worker *w, hub_stream *s) {
     pthread_mutex_unlock(&s->out_lock);
 }
 
-static void stream_append(hub_worker *w, hub_stream *s, const uint8_t *hdr, size_t hl,
-                          const uint8_t *d, size_t len) {
+/* 1: queued; 0: dropped (counted) */
+static int stream_append(hub_worker *w, hub_stream *s, const uint8_t *hdr, size_t hl,
+                         const uint8_t *d, size_t len) {
     size_t need = hl + len;
     pthread_mutex_lock(&s->out_lock);
     if (s->out_len + need > HUB_STREAM_OUT_MAX) {
         pthread_mutex_unlock(&s->out_lock);
         hub_nc(w, FP_NC_STREAM_DROPPED, 1); /* like a full queue (Python: MAX_BUFFERED) */
-        return;
+        return 0;
     }
     if (s->out_off + s->out_len + need > s->out_cap) {
         if (s->out_off) {
@@ -365,7 +371,7 @@ static void stream_append(hub_worker *w, hub_stream *s, const uint8_t *hdr, size
             if (!grown) {
                 pthread_mutex_unlock(&s->out_lock);
                 hub_nc(w, FP_NC_STREAM_DROPPED, 1);
-                return;
+                return 0;
             }
             s->out = grown;
             s->out_cap = cap;
@@ -380,22 +386,27 @@ static void stream_append(hub_worker *w, hub_stream *s, const uint8_t *hdr, size
     if (!atomic_exchange(&s->pending, 1)) {
         if (w->nflush == (int)(sizeof(w->flush) / sizeof(w->flush[0]))) {
             stream_flush(w, s);
-            return;
+            return 1;
         }
         w->flush[w->nflush++] = s;
     }
+    return 1;
 }
 
 /* For resynchronising framings: does a candidate datagram authenticate? (no replay check,
- * nothing learned) */
+ * nothing learned) 1 yes, 0 no, -1 cannot tell: no such connection or null auth, as the
+ * Python plane's Endpoint.authentic. */
 static int frame_check(void *ctx, const uint8_t *d, size_t len) {
     hub_worker *w = ctx;
     if (len < FP_HEADER_LEN || len > HUB_MAX_INNER)
         return 0;
     hub_conn *c = hub_conn_at(w->h, rd16(d + 6));
-    hub_rx *rx = c ? hub_rx_of(w->h, atomic_load(&c->keys)) : NULL;
+    hub_keys *k = c ? atomic_load(&c->keys) : NULL;
+    if (!k || !k->spec.suite.auth || !k->spec.suite.tag_len)
+        return -1;
+    hub_rx *rx = hub_rx_of(w->h, k);
     if (!rx)
-        return 0;
+        return -1;
     memcpy(w->scratch, d, len);
     fp_hdr hdr;
     pthread_mutex_lock(&rx->lock);
@@ -437,14 +448,20 @@ static void stream_read(hub_worker *w, hub_stream *s) {
         atomic_store_explicit(&s->last_rx_ns, w->now_ns, memory_order_relaxed);
         size_t off = 0;
         for (;;) {
-            fp_frame f = {0, 0, 0};
+            fp_frame f = {0, 0, 0, 0};
             int r = s->framing->decode(s->fstate, s->in + off, s->in_len - off, &f, frame_check,
                                        w);
+            if (f.events & FP_FEV_RESYNC)
+                hub_nc(w, FP_NC_STREAM_RESYNCS, 1);
+            if (f.events & FP_FEV_KEEPALIVE)
+                hub_nc(w, FP_NC_STREAM_KEEPALIVES_RX, 1);
             if (r == FP_FRAME_MORE || !f.consumed)
                 break;
-            if (r == FP_FRAME_OK)
+            if (r == FP_FRAME_OK) {
+                hub_nc(w, s->nc_rx, 1);
                 hub_from_net(w, s->in + off + f.off, f.len, &s->peer);
-            else
+            }
+            else if (r == FP_FRAME_SKIP)
                 hub_nc(w, FP_NC_STREAM_SKIPPED, f.consumed);
             off += f.consumed;
         }
@@ -466,8 +483,12 @@ void hub_idle_streams(hub_worker *w) {
         size_t n = s->framing->idle(s->fstate, w->now_ns,
                                     atomic_load_explicit(&s->last_tx_ns, memory_order_relaxed),
                                     out, sizeof(out));
-        if (n)
+        if (n) {
+            /* counts as sent now, so a blocked stream does not queue one per call */
+            atomic_store_explicit(&s->last_tx_ns, w->now_ns, memory_order_relaxed);
             stream_append(w, s, out, n, NULL, 0);
+            hub_nc(w, FP_NC_STREAM_KEEPALIVES_TX, 1);
+        }
     }
 }
 

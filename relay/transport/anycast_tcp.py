@@ -16,6 +16,13 @@ The server's sockets carry LIVE_MARK while this process lives. The cluster's nft
 drop a FIN or RST with that mark: when the process dies, its kernel must not close the
 connection that another node is about to carry on. A deliberate close clears the mark first;
 a stopping server (drained: other nodes take its connections over) closes silently.
+
+The C data plane (relay.tunnel.hubplane) takes every stream over as it connects -- accepted,
+taken over or the client's own -- through the `handover` hook, before a byte is read: the hub
+deframes, resynchronises and sends the keep-alives (relay/fastpath/stream.c, the same framing
+in C). This transport keeps a duplicate of the socket for the mark and the silent close, and
+still decides when a quiet stream is given up. Without the hook (`--dataplane python`) the
+streams run here, the readable reference.
 """
 
 from __future__ import annotations
@@ -23,13 +30,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Callable
+from typing import Protocol
 
 from relay.transport import Deliver
 from relay.transport.anycast_framing import Deframer, Verify, frame, keepalive
 from relay.transport.remote import Remote
-from relay.transport.tcp import Resolve
+from relay.transport.tcp import Adopted, Resolve
 
 log = logging.getLogger("anytun-relay.anycast-tcp")
 
@@ -43,6 +52,18 @@ MAX_BUFFERED = 1 << 20
 UNPROVEN_TIMEOUT = 60.0
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 10.0
 TCP_REPAIR = 19
+
+# handover(fd, remote, on_end, synced, keepalive): the C data plane takes a connected
+# stream's fd (a dup: it closes it) and returns its handle, or None (the stream stays here)
+Handover = Callable[[int, Remote, Callable[[], None], bool, float], "HandedStream | None"]
+
+
+class HandedStream(Adopted, Protocol):
+    """A stream the C data plane carries."""
+
+    def drop(self) -> None: ...       # end it without a FIN or RST
+
+    def peer_interval_ms(self) -> int | None: ...
 
 
 def _mark(sock: socket.socket | None, value: int) -> bool:
@@ -61,7 +82,10 @@ class _Stream(asyncio.Protocol):
         self.deframer = Deframer(owner.verify, synced=synced, max_body=owner.max_datagram)
         self.transport: asyncio.Transport | None = None
         self.remote: Remote | None = None
+        self.local: tuple[str, int] | None = None
         self.adopted = not synced
+        self.handed: HandedStream | None = None
+        self.dup: socket.socket | None = None     # for the mark and TCP_REPAIR once handed
         loop = asyncio.get_running_loop()
         self.last_rx = self.last_tx = self.opened = loop.time()
         self.closed = loop.create_future()
@@ -77,10 +101,41 @@ class _Stream(asyncio.Protocol):
         if host.startswith("::ffff:") and "." in host:   # a dual-stack listener's IPv4 peer
             host = host[7:]
         self.remote = Remote(KIND, host, peer[1])
+        self.local = transport.get_extra_info("sockname")[:2]
         if not self.owner._register(self):
             transport.abort()
             return
+        if self.owner.handover is not None and self._hand_over(transport):
+            return
         self.send_keepalive()      # announce the interval at once
+
+    def _hand_over(self, transport: asyncio.Transport) -> bool:
+        """Nothing was read yet (asyncio reads after connection_made): the C data plane gets
+        the socket with every byte still in the kernel's buffer, and sends the first
+        keep-alive itself."""
+        sock = transport.get_extra_info("socket")
+        fd = os.dup(sock.fileno())
+        handed = self.owner.handover(fd, self.remote, self._handed_end,  # type: ignore
+                                     not self.adopted, self.owner.keepalive)
+        if handed is None:
+            os.close(fd)
+            return False
+        self.handed = handed
+        self.dup = socket.socket(fileno=os.dup(sock.fileno()))
+        self.transport = None
+        transport.abort()  # closes asyncio's fd only; the connection lives on in the dups
+        return True
+
+    def _handed_end(self) -> None:
+        self.owner._unregister(self)
+        if self.dup is not None:
+            self.dup.close()
+            self.dup = None
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def rx_time(self) -> float:
+        return self.handed.last_rx() if self.handed is not None else self.last_rx
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = asyncio.get_running_loop().time()
@@ -91,13 +146,16 @@ class _Stream(asyncio.Protocol):
             self.owner._deliver([(d, remote) for d in datagrams])  # type: ignore[misc]
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.handed is not None:
+            return  # handed over: the data plane reports the real end
         self.owner._unregister(self)
         if not self.closed.done():
             self.closed.set_result(exc)
 
     @property
     def interval(self) -> float:
-        peer = self.deframer.peer_interval_ms
+        peer = self.deframer.peer_interval_ms if self.handed is None else \
+            self.handed.peer_interval_ms()
         own = self.owner.keepalive
         return own if not peer else min(own, max(0.1, peer / 1000))
 
@@ -116,6 +174,13 @@ class _Stream(asyncio.Protocol):
     def close(self, *, silent: bool) -> None:
         """silent: no FIN, no RST (another node carries the connection on); else a normal
         close, which the cluster lets out (the mark is cleared first)."""
+        if self.handed is not None:
+            if silent:
+                self.handed.drop()
+            else:
+                _mark(self.dup, 0)
+                self.handed.close()
+            return
         t = self.transport
         if t is None:
             return
@@ -156,6 +221,8 @@ class AnycastTcpTransport:
         self.keepalives_sent = 0
         self.adopted = 0
         self.connects = 0
+        self.handover: Handover | None = None   # the C data plane's hook (hubplane)
+        self.hub_figures: Callable[[], dict[str, int]] | None = None
         self.local: tuple[str, int] | None = None
         self.marked = True
         self._gone = {"resyncs": 0, "skipped": 0}
@@ -190,6 +257,30 @@ class AnycastTcpTransport:
             self._gone["resyncs"] += stream.deframer.resyncs
             self._gone["skipped"] += stream.deframer.skipped
             log.info("anycast TCP stream %s closed", stream.remote)
+
+    def set_handover(self, handover: Handover | None,
+                     figures: Callable[[], dict[str, int]] | None = None) -> None:
+        """From now on hand every new stream to `handover` (the C data plane), also those
+        open here that have not received anything yet; None: streams stay here.
+        `figures` gives the data plane's stream counters (HUB_FIGURES) for the status."""
+        self.handover = handover
+        self.hub_figures = figures if handover is not None else None
+        if handover is None:
+            # the data plane stops and closes its fds; our dups decide how the streams end
+            silent = self.silent_close and self.connect is None
+            for s in self.streams.values():
+                if s.dup is None:
+                    continue
+                if silent:
+                    with contextlib.suppress(OSError):
+                        s.dup.setsockopt(socket.SOL_TCP, TCP_REPAIR, 1)
+                else:
+                    _mark(s.dup, 0)
+            return
+        for s in list(self.streams.values()):
+            if s.transport is not None and s.handed is None and not s.deframer.pending \
+                    and not s.deframer.frames and s.last_rx == s.opened:
+                s._hand_over(s.transport)
 
     # -- lifetime -------------------------------------------------------------------------------
     async def open(self, deliver: Deliver) -> None:
@@ -259,8 +350,8 @@ class AnycastTcpTransport:
                 continue
             delay = RECONNECT_MIN
             self.connects += 1
-            assert stream.transport is not None
-            self.local = stream.transport.get_extra_info("sockname")[:2]
+            self.local = stream.local
+            assert self.local is not None
             if self.connects > 1:
                 log.warning("anycast-tcp: connected again to %s:%d (from port %d)", host,
                             port, self.local[1])
@@ -282,16 +373,17 @@ class AnycastTcpTransport:
             await asyncio.sleep(min(self.keepalive / 4, 1.0))
             now = loop.time()
             for s in list(self.streams.values()):
-                if s.transport is None:
+                if s.transport is None and s.handed is None:
                     continue
-                if now - s.last_tx >= s.interval:
-                    s.send_keepalive()
+                if s.handed is None and now - s.last_tx >= s.interval:
+                    s.send_keepalive()     # (the data plane sends those of its streams)
                 idle = max(MIN_IDLE, IDLE_FACTOR * s.interval)
                 unproven = self.connect is None and s.remote is not None and \
                     not self.proven(s.remote) and now - s.opened > self.unproven_timeout
-                if now - s.last_rx > idle or unproven:
+                last_rx = s.rx_time()
+                if now - last_rx > idle or unproven:
                     log.warning("anycast-tcp stream %s silent for %.0fs: closing", s.remote,
-                                now - s.last_rx)
+                                now - last_rx)
                     s.close(silent=False)
 
     def send_batch(self, datagrams: list[tuple[bytes, Remote]]) -> None:
@@ -324,15 +416,23 @@ class AnycastTcpTransport:
 
     def status(self) -> dict:
         live = list(self.streams.values())
+        hub = self.hub_figures() if self.hub_figures is not None else {}
         st = {"kind": KIND, "keepalive": self.keepalive,
+              "plane": "c-hub" if self.handover is not None else "python",
+              "streams_on_c_plane": sum(1 for s in live if s.handed is not None),
               "listen": None if self.listen is None else
               f"{self.listen[0] or '*'}:{self.listen[1]}",
-              "streams": [str(r) for r in self.streams], "received": self.received,
-              "sent": self.sent, "dropped": self.dropped, "not_held": self.not_held,
-              "keepalives_sent": self.keepalives_sent,
-              "keepalives_received": sum(s.deframer.keepalives for s in live),
-              "resyncs": self._gone["resyncs"] + sum(s.deframer.resyncs for s in live),
-              "skipped_bytes": self._gone["skipped"] + sum(s.deframer.skipped for s in live),
+              "streams": [str(r) for r in self.streams],
+              "received": self.received + hub.get("anycast_rx", 0),
+              "sent": self.sent + hub.get("anycast_tx", 0), "dropped": self.dropped,
+              "not_held": self.not_held,
+              "keepalives_sent": self.keepalives_sent + hub.get("stream_keepalives_tx", 0),
+              "keepalives_received": sum(s.deframer.keepalives for s in live) +
+              hub.get("stream_keepalives_rx", 0),
+              "resyncs": self._gone["resyncs"] + sum(s.deframer.resyncs for s in live) +
+              hub.get("stream_resyncs", 0),
+              "skipped_bytes": self._gone["skipped"] + sum(s.deframer.skipped for s in live) +
+              hub.get("stream_skipped", 0),
               "taken_over": self.adopted}
         if self.connect is not None:
             st["connects"] = self.connects

@@ -2,8 +2,9 @@
 
 The endpoint (relay.tunnel.endpoint) hands over its device and sockets in a `Handoff`;
 `create_dataplane(handoff)` accepts the common case — one connection over UDP or UDP-Lite,
-TUN or TAP — and declines the rest (routing between many connections, TCP transport), which
-the Python data plane keeps. The connection table stays the source of truth:
+TUN or TAP — and declines the rest: routing between many connections and the stream
+transports (tcp, anycast-tcp) run on the server-mode hub (relay.tunnel.hubplane, tried first),
+anything else on the Python data plane. The connection table stays the source of truth:
 
 * in: the remote, keys and window of the connection; changes from a reload or from other
   nodes (RemoteChanged, ConnectionChanged, Progress with another origin) reach the engine;

@@ -14,14 +14,17 @@ The connection table stays the source of truth; this module keeps the C tables e
   status` shows the same figures as with the Python plane.
 * Packets too big for the tunnel come back and get the Python plane's answer.
 
-Transports: UDP, UDP-Lite and `--transport tcp` streams; with any other (anycast-tcp, whose
-framing has a C codec in relay/fastpath/anycast_framing.c that the hub's stream framings,
-relay/fastpath/stream.c, can take next) the node stays on the Python plane as a whole.
+Transports: UDP, UDP-Lite and the stream transports: `--transport tcp` (length-framed) and
+`--transport anycast-tcp` (frames a taken-over stream finds again: relay/fastpath/stream.c
+resynchronises by the SATP auth tag, or with null auth by the next frame's header, and sends
+the keep-alives of the agreed interval). The transports hand their streams over as they
+connect, before a byte is read; for anycast-tcp also those the cluster re-creates with
+TCP_REPAIR after a takeover (they start mid-frame). A node with another transport stays on
+the Python plane as a whole.
 
 Cores: one worker per core (RELAY_FASTPATH_WORKERS overrides), each with its own queue of the
 multi-queue TUN/TAP device and its own member of each UDP socket's SO_REUSEPORT group, so a
-client's datagrams stay on one worker. Stream sockets (--transport tcp) are handed over by
-the TCP transport as they connect.
+client's datagrams stay on one worker. Stream sockets are served by one worker each.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from relay.fastpath.hub import (
     HubRemote,
 )
 from relay.satp import PT_ETHERNET
-from relay.transport.remote import Remote
+from relay.transport.remote import STREAM_KINDS, Remote
 from relay.tunnel.fastplane import Handoff, answer_oversize, offloads_wanted
 from relay.tunnel.table import (
     Connection,
@@ -66,6 +69,10 @@ log = logging.getLogger("anytun-relay.fastpath")
 LOCAL = "local"
 SYNC_INTERVAL = 0.1
 MAX_WORKERS = 16
+CARRIED = {"udp", "udplite", "tcp", "anycast-tcp"}
+# the stream counters the anycast-tcp transport shows in its status
+HUB_FIGURES = ("stream_resyncs", "stream_skipped", "stream_keepalives_rx",
+               "stream_keepalives_tx", "anycast_rx", "anycast_tx")
 
 
 def workers_wanted() -> int:
@@ -86,9 +93,9 @@ def create_dataplane(handoff: Handoff) -> HubPlane | None:
     if not available():
         return None
     cfg = handoff.config
-    if not cfg.routing and "tcp" not in handoff.transports:
+    if not cfg.routing and not set(handoff.transports) & set(STREAM_KINDS):
         return None  # one connection over UDP: the point-to-point engine
-    foreign = sorted(set(handoff.transports) - {"udp", "udplite", "tcp"})
+    foreign = sorted(set(handoff.transports) - CARRIED)
     if foreign:  # its datagrams would reach the Python plane: two planes, two seq counters
         log.info("fast path declined: the %s transport runs on the Python data plane",
                  ", ".join(foreign))
@@ -114,6 +121,14 @@ class _Adopted:
     def last_rx(self) -> float:
         t = self.plane.hub.stream_last_rx(self.stream) if self.plane.hub.running else None
         return t if t is not None else 0.0
+
+    def drop(self) -> None:
+        if self.plane.hub.running:
+            self.plane.hub.drop_stream(self.stream)
+
+    def peer_interval_ms(self) -> int | None:
+        st = self.plane.hub.stream_stats(self.stream) if self.plane.hub.running else None
+        return (st or {}).get("peer_interval_ms") or None
 
 
 class HubPlane:
@@ -184,6 +199,9 @@ class HubPlane:
         tcp = h.transports.get("tcp")
         if tcp is not None:
             tcp.set_adopt(self._adopt)
+        anycast = h.transports.get("anycast-tcp")
+        if anycast is not None:
+            anycast.set_handover(self._adopt_anycast, self._stream_figures)
         self._loop.add_reader(self.hub.fileno(), self._on_hub)
         self._timer = self._loop.call_later(SYNC_INTERVAL, self._tick)
         info = self.hub.info()
@@ -236,6 +254,9 @@ class HubPlane:
         tcp = self.h.transports.get("tcp")
         if tcp is not None:
             tcp.set_adopt(None)
+        anycast = self.h.transports.get("anycast-tcp")
+        if anycast is not None:
+            anycast.set_handover(None)
         if self._loop is not None and self.hub.running:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self.hub.fileno())
@@ -265,8 +286,9 @@ class HubPlane:
     def _hub_remote(self, r: Remote | None) -> HubRemote | None:
         if r is None:
             return None
-        stream = self._stream_by_remote.get(r, 0) if r.transport == "tcp" else 0
-        return HubRemote(r.transport, r.host, r.port, stream)
+        if r.transport in STREAM_KINDS:  # the hub knows one kind of stream: by its id
+            return HubRemote("tcp", r.host, r.port, self._stream_by_remote.get(r, 0))
+        return HubRemote(r.transport, r.host, r.port)
 
     def _push_remote(self, conn: Connection) -> None:
         if conn.mux in self._remotes and self._remotes[conn.mux] == conn.remote:
@@ -453,8 +475,11 @@ class HubPlane:
         self._node_seen = counters
 
     # -- streams ----------------------------------------------------------------------------
-    def _adopt(self, fd: int, remote: Remote, on_end: Callable[[], None]) -> _Adopted | None:
-        stream = self.hub.add_stream(fd, (remote.host, remote.port)) if self.hub.running else 0
+    def _adopt(self, fd: int, remote: Remote, on_end: Callable[[], None], *,
+               framing: str = "length", synced: bool = True,
+               keepalive: float = 0.0) -> _Adopted | None:
+        stream = self.hub.add_stream(fd, (remote.host, remote.port), framing, synced=synced,
+                                     keepalive=keepalive) if self.hub.running else 0
         if not stream:
             return None
         self._stream_remote[stream] = remote
@@ -466,6 +491,17 @@ class HubPlane:
                 self._remotes.pop(conn.mux, None)
                 self._push_remote(conn)
         return _Adopted(self, stream)
+
+    def _adopt_anycast(self, fd: int, remote: Remote, on_end: Callable[[], None],
+                       synced: bool, keepalive: float) -> _Adopted | None:
+        return self._adopt(fd, remote, on_end, framing="anycast", synced=synced,
+                           keepalive=keepalive)
+
+    def _stream_figures(self) -> dict[str, int]:
+        if not self.hub.running:
+            return dict.fromkeys(HUB_FIGURES, 0)
+        counters = self.hub.counters()
+        return {name: counters[name] for name in HUB_FIGURES}
 
     def _stream_ended(self, stream: int) -> None:
         remote = self._stream_remote.pop(stream, None)

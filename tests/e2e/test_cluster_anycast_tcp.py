@@ -5,7 +5,9 @@ anycast-tcp`). While the node that holds it lives, the other node hands its segm
 (route moves 1 -> 2 -> 1 mid-transfer); when it is killed, the other node re-creates the
 connection with TCP_REPAIR. An unmodified curl downloads from an HTTP server on the anycast
 address across a route move. Fragments split between the nodes are dropped; segments of unknown
-connections, and records forged or replayed, change nothing."""
+connections, and records forged or replayed, change nothing. Both ends run the C data plane
+(the hub of relay/fastpath, its anycast framing in stream.c); the checks of that read its
+counters, and a last case runs the client on the Python plane against the C nodes."""
 
 from __future__ import annotations
 
@@ -87,7 +89,8 @@ class Cluster:
             "--config", str(path), "--sync", self.url, "--sync-node", f"s{j}",
             "--cluster-key-file", str(self.key), "--anycast-tcp", node.ip4,
             "--anycast-tcp-address", f"{AA4},{AA6}",
-            "--anycast-tcp-ports", f"{HTTP_PORT},{SINK_PORT}"), "tun7", "10.8.0.1")
+            "--anycast-tcp-ports", f"{HTTP_PORT},{SINK_PORT}", dataplane="auto"), "tun7",
+            "10.8.0.1")
         tu.wait_for(lambda: self.status(j) is not None, 15, f"node {j}'s anycast TCP")
 
     def kill_node(self, j: int) -> None:
@@ -103,18 +106,30 @@ class Cluster:
             return None
         return json.loads(proc.stdout).get("anycast_tcp")
 
-    def start_client(self) -> None:
+    def start_client(self, dataplane: str = "auto") -> None:
         c = self.lab.client
         self.client = tu.start(c, tu.relay(
             "-r", AA4, "-o", str(TUNNEL_PORT), "--transport", "anycast-tcp", "--keepalive",
             KEEPALIVE, "-m", "1", "-E", "pass-1", "-e", "client", "-d", "tun8",
-            "-n", "10.8.1.2/16"), "tun8", "10.8.1.2")
-        c.run(["ip", "route", "add", f"{self.host.ip4}/32", "dev", "tun8"])
+            "-n", "10.8.1.2/16", dataplane=dataplane), "tun8", "10.8.1.2")
+        c.run(["ip", "route", "replace", f"{self.host.ip4}/32", "dev", "tun8"])
         c.run(["nft", "-f", "-"], input=RST_COUNTER)
 
+    def tunnel(self, j: int | None) -> dict:
+        """The tunnel status of node j, or of the client (None)."""
+        if j is None:
+            return tu.tunnel_status(self.lab.client, "tun8")
+        return tu.tunnel_status(self.lab.server(j), "tun7")
+
+    def stream_transport(self, j: int | None) -> dict:
+        return next(t for t in self.tunnel(j)["transports"] if t["kind"] == "anycast-tcp")
+
+    def hub(self, j: int | None) -> dict:
+        """The C hub's status (kind, counters) of node j or of the client."""
+        return self.tunnel(j).get("external_dataplane") or {}
+
     def client_transport(self) -> dict:
-        st = tu.tunnel_status(self.lab.client, "tun8")
-        return next(t for t in st["transports"] if t["kind"] == "anycast-tcp")
+        return self.stream_transport(None)
 
     def watched(self) -> dict[str, int]:
         out = self.lab.client.run(["nft", "-j", "list", "counters", "table", "ip",
@@ -191,6 +206,66 @@ def _background_transfer(src, dst, addr: str, size: int, errors: list, port: int
     return t
 
 
+def test_the_c_plane_carries_the_stream_at_both_ends(cluster: Cluster) -> None:
+    """The C hub holds the stream at the client and at node 1 and moves the packets: its
+    counters grow with a ping, and the transport's figures are the hub's."""
+    lab = cluster.lab
+    before = {j: cluster.hub(j) for j in (None, 1)}
+    py_before = {j: cluster.stream_transport(j)["received"] for j in (None, 1)}
+    assert tu.ping(lab.client, "10.8.0.1", count=20, interval=0.05) >= 19
+    time.sleep(0.3)   # the plane's figures reach the table every 0.1 s
+    for j in (None, 1):
+        hub, t = cluster.hub(j), cluster.stream_transport(j)
+        where = "the client" if j is None else f"node {j}"
+        assert hub.get("kind") == "c-hub" and hub["running"], f"{where}: {hub}"
+        assert t["plane"] == "c-hub" and t["streams_on_c_plane"] == 1, f"{where}: {t}"
+        assert hub["streams"] == 1, f"{where}: {hub}"
+        assert hub["counters"]["rx"] - before[j]["counters"]["rx"] >= 19, where
+        assert hub["counters"]["tx"] - before[j]["counters"]["tx"] >= 19, where
+        # the transport's figures are the hub's: every datagram went through its stream
+        got = hub["counters"]["anycast_rx"] - before[j]["counters"]["anycast_rx"]
+        assert got >= 19 and t["received"] - py_before[j] == got, f"{where}: {t}"
+        assert hub["counters"]["anycast_tx"] - before[j]["counters"]["anycast_tx"] >= 19
+        # the keep-alives of the agreed interval come from the hub at both ends
+        assert hub["counters"]["stream_keepalives_tx"] >= 1, where
+        assert hub["counters"]["stream_keepalives_rx"] >= 1, where
+        assert t["keepalives_sent"] >= hub["counters"]["stream_keepalives_tx"], where
+    # the same figures as the Python plane would show: the connection's counters moved
+    conn = cluster.tunnel(1)["connections"][0]
+    assert conn["rx_packets"] >= 19 and conn["remote"].endswith("(anycast-tcp)")
+
+
+def test_garbage_and_half_frames_on_a_stream_are_skipped_and_counted(cluster: Cluster
+                                                                     ) -> None:
+    """A TCP connection to the tunnel's port that sends garbage, forged frames and half a
+    frame: node 1's hub skips and counts the bytes, nothing reaches the tunnel, the node and
+    the real tunnel carry on; the stream is closed when it ends."""
+    lab = cluster.lab
+    hub0 = cluster.hub(1)["counters"]
+    script = f"""if True:
+        import socket, time
+        s = socket.create_connection(("{AA4}", {TUNNEL_PORT}), 5)
+        junk = bytes(range(256)) * 16
+        forged = bytes([0xA7, 0x53, 0, 40]) + bytes(6) + bytes([0, 1]) + bytes(32)
+        s.sendall(junk + forged + bytes([0xA7, 0x53, 0xFF, 0xFF]) + bytes(64)
+                  + bytes([0xA7, 0x53, 0, 200]) + bytes(50))
+        time.sleep(1.0)
+        s.close()
+    """
+    lab.client.run([sys.executable, "-c", script], timeout=20)
+    tu.wait_for(lambda: cluster.hub(1)["counters"]["stream_skipped"] -
+                hub0["stream_skipped"] >= 4096, 10, "the hub to count the skipped bytes")
+    tu.wait_for(lambda: cluster.hub(1)["streams"] == 1, 10, "the junk stream to be closed")
+    hub1 = cluster.hub(1)["counters"]
+    # the garbage, the forgery (its tag does not verify) and the frame too long for the
+    # tunnel are skipped; the half frame at the end waited for its rest until the close
+    assert hub1["stream_skipped"] - hub0["stream_skipped"] == 4096 + 44 + 68, hub1
+    assert hub1["stream_resyncs"] == hub0["stream_resyncs"], "junk was taken for a frame"
+    assert hub1["auth"] == hub0["auth"], "a forged frame reached the connection"
+    assert tu.ping(lab.client, "10.8.0.1", count=10, interval=0.05) >= 9
+    assert cluster.client_transport()["connects"] == 1
+
+
 def test_tunnel_survives_route_moves_while_the_owner_lives(cluster: Cluster) -> None:
     lab = cluster.lab
     before = cluster.client_transport()
@@ -250,6 +325,10 @@ def test_tunnel_is_taken_over_when_its_node_is_killed(cluster: Cluster) -> None:
           f"{sent - got} of {sent} pings lost; client stream resynced {after['resyncs']} "
           f"times, skipped {after['skipped_bytes']} bytes")
     assert st2["events"].get("taken_over", 0) == taken + 1, st2["events"]
+    # node 2's hub carries the re-created connection: it started mid-stream and resynced
+    t2 = cluster.stream_transport(2)
+    assert t2["plane"] == "c-hub" and t2["streams_on_c_plane"] == 1, t2
+    assert cluster.hub(2)["counters"]["stream_resyncs"] >= 1, cluster.hub(2)
     assert after["connects"] == before["connects"] == 1, "the client reconnected"
     assert after["local"] == before["local"], "the client's TCP socket changed"
     assert cluster.rsts() == rsts, "a reset reached the client's link"
@@ -588,3 +667,21 @@ def test_fragments_at_one_node_are_reassembled_and_handed_over_whole(cluster: Cl
     sent, got = _fragments(cluster, (2, 2))
     size, _, injected = sent
     assert got == [size, injected], "the segment did not arrive whole at its node"
+
+
+def test_a_client_on_the_python_plane_talks_to_the_c_nodes(cluster: Cluster) -> None:
+    """The reference framing (`--dataplane python`) at the client, the C one at the node:
+    the same frames and keep-alives both ways."""
+    lab = cluster.lab
+    tu.stop(cluster.client)
+    cluster.client = None
+    cluster.move(1)
+    cluster.start_client("python")
+    tu.ping_until(lab.client, "10.8.0.1", timeout=20)
+    assert tu.ping(lab.client, "10.8.0.1", count=20, interval=0.05) >= 19
+    t = cluster.client_transport()
+    assert t["plane"] == "python" and t["received"] >= 19, t
+    assert t["keepalives_received"] >= 1 and t["resyncs"] == 0, t
+    owner = next(j for j in (1, 2) if (cluster.status(j) or {})["connections"]["here"])
+    assert cluster.stream_transport(owner)["plane"] == "c-hub"
+    assert cluster.hub(owner)["counters"]["stream_keepalives_rx"] >= 1
