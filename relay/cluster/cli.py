@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("cluster (state shared by the nodes of one anycast address)")
     g.add_argument("--sync", metavar="BACKEND", default=None,
                    help="memory (default: this node alone), or a Redis URL: redis://[:PASSWORD@]"
-                   "HOST:PORT[/DB], rediss://... (TLS), unix:///path/redis.sock")
+                   "HOST:PORT[/DB], rediss://... (TLS), unix:///path/redis.sock, or Sentinel: "
+                   "redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER[/DB] (follows failovers)")
     g.add_argument("--sync-node", metavar="NAME",
                    help="this node's name in the cluster (default HOSTNAME-SENDERID); unique")
     g.add_argument("--sync-cluster", metavar="NAME", default="anytun",

@@ -53,6 +53,7 @@ from relay.cluster.records import (
     decode,
     merge,
 )
+from relay.cluster.redis_url import SentinelUrl, is_sentinel, parse_sentinel
 from relay.rtpproxy.ports import PairRange, PortsExhausted
 
 log = logging.getLogger("anytun-relay.redis")
@@ -137,11 +138,22 @@ class RedisOptions:
     tombstone_grace: float = DAY_MS / 1000   # seconds a delete is remembered
     purge_interval: float = 600.0
 
+    @property
+    def sentinel(self) -> SentinelUrl | None:
+        return parse_sentinel(self.url) if is_sentinel(self.url) else None
+
     def validate(self) -> None:
+        if is_sentinel(self.url):
+            parse_sentinel(self.url)
+            if self.tls_ca or self.tls_cert:
+                raise ValueError("TLS files given but the sync URL is not rediss://")
+            if not NODE_RE.match(self.prefix):
+                raise ValueError(f"cluster name {self.prefix!r}: letters, digits, ._:- only")
+            return
         u = urlparse(self.url)
         if u.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"sync URL {self.url!r}: use redis://host:port, rediss:// (TLS) "
-                             "or unix:///path")
+            raise ValueError(f"sync URL {self.url!r}: use redis://host:port, rediss:// (TLS), "
+                             "unix:///path or redis+sentinel://host:port[,host:port]/master")
         if u.scheme != "unix" and not u.hostname:
             raise ValueError(f"sync URL {self.url!r} has no host")
         if u.scheme == "unix" and not u.path:
@@ -158,6 +170,9 @@ class RedisOptions:
     def kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 3,
                               "health_check_interval": 0}
+        sentinel = self.sentinel
+        if sentinel is not None and sentinel.password is not None:
+            kw["password"] = sentinel.password
         if self.password is not None:
             kw["password"] = self.password
         if urlparse(self.url).scheme == "rediss":
@@ -203,6 +218,8 @@ class RedisBackend:
         self.forgotten = 0         # old records dropped because Redis purged their delete
         self._last_purge = 0.0
         self.allocators: list[RedisPortAllocator] = []
+        self._sentinel: Any = None          # redis.asyncio.sentinel.Sentinel, made lazily
+        self.primary: str | None = None     # with Sentinel: the primary last connected to
 
     # -- lifetime --------------------------------------------------------------------------------
     async def start(self, store: Store, on_remote: OnRemote) -> None:
@@ -221,9 +238,28 @@ class RedisBackend:
             await _cancel_within([self._task], STOP_GRACE)
             self._task = None
         self.connected = False
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.aclose(), 1)
+            self._sentinel = None
 
     def client(self) -> aioredis.Redis:
-        return aioredis.from_url(self.opts.url, **self.opts.kwargs())
+        """A client of the primary; with Sentinel, one that asks the Sentinels for the current
+        primary whenever it opens a connection (so a reconnect follows a failover)."""
+        s = self.opts.sentinel
+        if s is None:
+            return aioredis.from_url(self.opts.url, **self.opts.kwargs())
+        if self._sentinel is None:
+            self._sentinel = _async_sentinel(s, self.opts)
+        return self._sentinel.master_for(s.master, db=s.db, **self.opts.kwargs())
+
+    async def _locate_primary(self) -> None:
+        s = self.opts.sentinel
+        if s is None or self._sentinel is None:
+            return
+        host, port = await self._sentinel.discover_master(s.master)
+        self.primary = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
     # -- the link --------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -233,6 +269,7 @@ class RedisBackend:
                 conn = self.client()
                 pubsub = conn.pubsub()
                 await pubsub.subscribe(self.channel)
+                await self._locate_primary()
                 await self._resync(conn)
                 self._set_connected(True, "")
                 await _first_failure(self._reader(pubsub), self._writer(conn),
@@ -254,13 +291,15 @@ class RedisBackend:
         if up != self.connected:
             self.since = self._clock()
             if up:
-                log.info("redis sync: connected to %s; state merged (%d records)",
-                         self.opts.url, len(self.store or ()))
+                log.info("redis sync: connected to %s%s; state merged (%d records)",
+                         _redact(self.opts.url),
+                         f" (primary {self.primary})" if self.primary else "",
+                         len(self.store or ()))
             else:
                 log.warning("redis sync: lost %s (%s); forwarding with the state at hand",
-                            self.opts.url, error)
+                            _redact(self.opts.url), error)
         elif not up and error != self.last_error:
-            log.warning("redis sync: cannot reach %s (%s)", self.opts.url, error)
+            log.warning("redis sync: cannot reach %s (%s)", _redact(self.opts.url), error)
         self.connected = up
         self.last_error = error
 
@@ -384,6 +423,7 @@ class RedisBackend:
 
     def status(self) -> dict:
         return {"backend": "redis", "url": _redact(self.opts.url), "connected": self.connected,
+                "primary": self.primary,
                 "since": round(self.since, 3),
                 "state": "synced" if self.connected else
                 "DISCONNECTED: forwarding with the state at hand, resync on reconnect",
@@ -423,10 +463,34 @@ async def _cancel_within(tasks: list[asyncio.Task], grace: float) -> None:
 
 
 def _redact(url: str) -> str:
-    u = urlparse(url)
-    if u.password:
-        return url.replace(f":{u.password}@", ":***@")
+    password = parse_sentinel(url).password if is_sentinel(url) else urlparse(url).password
+    if password:
+        return url.replace(f":{password}@", ":***@").replace(f"//{password}@", "//***@")
     return url
+
+
+def _sentinel_kwargs(opts: RedisOptions) -> dict[str, Any]:
+    """The Sentinels are asked with the same time limits, without the data nodes' password."""
+    kw = opts.kwargs()
+    return {k: v for k, v in kw.items() if k.startswith("socket_")}
+
+
+def _async_sentinel(s: SentinelUrl, opts: RedisOptions) -> Any:
+    from redis.asyncio.sentinel import Sentinel
+    return Sentinel(list(s.sentinels), sentinel_kwargs=_sentinel_kwargs(opts))
+
+
+def sync_client(opts: RedisOptions, **overrides: Any) -> redis.Redis:
+    """A blocking client of the primary (the port pool's), following Sentinel like client()."""
+    kw = {**opts.kwargs(), **overrides}
+    s = opts.sentinel
+    if s is None:
+        return redis.Redis.from_url(opts.url, **kw)
+    from redis.sentinel import Sentinel
+    sentinels = Sentinel(list(s.sentinels),
+                         sentinel_kwargs={k: v for k, v in kw.items()
+                                          if k.startswith("socket_")})
+    return sentinels.master_for(s.master, db=s.db, **kw)
 
 
 class RedisPortAllocator(PairRange):
@@ -442,7 +506,7 @@ class RedisPortAllocator(PairRange):
         self.key = f"{opts.prefix}:ports:{first}-{last}"
         self.alive_prefix = f"{opts.prefix}:alive:"
         self.blocks = ((last - first) // 2) // BLOCK_PAIRS + 1
-        self._redis = redis.Redis.from_url(opts.url, **{**opts.kwargs(), "socket_timeout": 1})
+        self._redis = sync_client(opts, socket_timeout=1)
         self._lease = self._redis.register_script(_LEASE)
         self._own: set[int] = set()                # block indexes leased to this node
         self._free: list[int] = []                 # free even ports in own blocks

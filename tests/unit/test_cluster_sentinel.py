@@ -1,0 +1,94 @@
+"""The Sentinel form of the sync URL: parsing (and its one-line errors), and a node that follows
+a real failover (redis-sentinel promotes the replica after the primary is killed)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from relay.cluster.redis_backend import RedisBackend, RedisOptions, _redact
+from relay.cluster.redis_url import SentinelUrl, parse_sentinel
+from tests.cluster_redis import SentinelSet
+from tests.conftest import require_program
+from tests.unit.test_cluster_redis import Node, until
+
+
+@pytest.mark.parametrize(("url", "want"), [
+    ("redis+sentinel://10.0.0.1:26380,10.0.0.2/mymaster",
+     SentinelUrl((("10.0.0.1", 26380), ("10.0.0.2", 26379)), "mymaster")),
+    ("redis+sentinel://:secret@[fd00::1]:5,sentinel-b/m/3/",
+     SentinelUrl((("fd00::1", 5), ("sentinel-b", 26379)), "m", 3, "secret")),
+])
+def test_sentinel_urls_parse(url: str, want: SentinelUrl) -> None:
+    assert parse_sentinel(url) == want
+    RedisOptions(url).validate()
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    ("redis+sentinel:///m", "names no Sentinel"),
+    ("redis+sentinel://a:0/m", "bad port"),
+    ("redis+sentinel://a:70000/m", "bad port"),
+    ("redis+sentinel://a:x/m", "bad port"),
+    ("redis+sentinel://a:/m", "empty port"),
+    ("redis+sentinel://a", "names no master"),
+    ("redis+sentinel://a/", "names no master"),
+    ("redis+sentinel://a,,b/m", "is not HOST[:PORT]"),
+    ("redis+sentinel://[::1/m", "closing ]"),
+    ("redis+sentinel://[nothex]:1/m", "not an IPv6 address"),
+    ("redis+sentinel://a/m/x", "database"),
+    ("redis+sentinel://a/m/1/2", "/MASTER[/DB]"),
+    ("redis+sentinel://a/m b", "master name"),
+    ("redis+sentinel://a,a/m", "twice"),
+    ("redis+sentinel://a/m?db=1", "no query"),
+])
+def test_bad_sentinel_urls_are_one_line_errors(url: str, words: str) -> None:
+    with pytest.raises(ValueError) as err:
+        RedisBackend(RedisOptions(url), "a")
+    text = str(err.value)
+    assert words in text and "\n" not in text and url in text
+
+
+def test_tls_files_with_sentinel_are_refused() -> None:
+    with pytest.raises(ValueError, match="not rediss"):
+        RedisOptions("redis+sentinel://a/m", tls_ca="/ca.pem").validate()
+
+
+def test_password_is_redacted_in_sentinel_urls() -> None:
+    assert _redact("redis+sentinel://:pw@a:1,b:2/m") == "redis+sentinel://:***@a:1,b:2/m"
+
+
+@pytest.fixture
+def sentinels() -> Iterator[SentinelSet]:
+    s = SentinelSet(require_program("redis-server"), require_program("redis-sentinel")).start()
+    yield s
+    s.stop()
+
+
+def test_node_follows_the_new_primary_after_a_failover(sentinels: SentinelSet) -> None:
+    async def main() -> None:
+        a = await Node(sentinels.url, "a").start()
+        old, new = sentinels.primary, sentinels.replica
+        await until(lambda: a.backend.connected)
+        assert a.backend.status()["primary"] == f"127.0.0.1:{old.port}"
+        a.put("route", "p1", {"mux": 1})
+        await until(lambda: old.client().hexists("anytun:rec:route", "p1"))
+        alloc = a.backend.port_allocator(30000, 30998)
+        first = alloc.allocate_pair()
+        os.killpg(old.proc.pid, signal.SIGKILL)     # the primary dies
+        await until(lambda: a.backend.status()["primary"] == f"127.0.0.1:{new.port}"
+                    and a.backend.connected, 20)
+        assert sentinels.current() == new.port
+        a.put("route", "p2", {"mux": 2})
+        await until(lambda: new.client().hexists("anytun:rec:route", "p2"))
+        assert new.client().hexists("anytun:rec:route", "p1")   # replicated before the kill
+        # the port pool follows too: its blocks are on the new primary
+        await asyncio.to_thread(lambda: [alloc.allocate_pair() for _ in range(40)])
+        assert new.client().hgetall("anytun:ports:30000-30998")
+        assert first not in alloc._free
+        alloc.close()
+        await a.backend.stop()
+    asyncio.run(main())
