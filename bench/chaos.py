@@ -76,6 +76,9 @@ class Options:
     partition: float = 10.0      # seconds the partition lasts
     lead: float = 3.0            # seconds of traffic before the fault
     tail: float = 5.0            # seconds of traffic after the fault is over
+    node_down: float = 3.0       # seconds a killed node stays dead before it restarts
+    failover: float = 8.0        # seconds of traffic from the primary's death to the tail
+    skew_step: float = 2.0       # seconds between route moves in the skew scenario
 
 
 @dataclass
@@ -93,6 +96,8 @@ class Result:
     calls_kept: int = 0
     notes: list[str] = field(default_factory=list)
     moved: bool = False                  # node 2 carried tunnel and call traffic
+    primary: str | None = None           # sentinel: the primary every process ended on
+    clock_offset: float | None = None    # skew: how far node 2's clock was ahead (s)
     error: str = ""
 
     @property
@@ -244,8 +249,9 @@ class ChaosLab:
                 os.killpg(proc.pid, signal.SIGKILL)
             stop_process(proc)
 
-    def cluster_status(self, j: int) -> dict | None:
-        out = self.lab.server(j).run([*RELAY, "status", "--json", "tun7"], check=False,
+    def cluster_status(self, j: int, service: str = "tun7") -> dict | None:
+        """The cluster backend's status of node j's tunnel ("tun7") or relay ("rtpproxy")."""
+        out = self.lab.server(j).run([*RELAY, "status", "--json", service], check=False,
                                      timeout=20)
         if out.returncode != 0:
             return None
@@ -271,6 +277,34 @@ class ChaosLab:
         st = self.cluster_status(j)
         return bool(st and st.get("connected") and
                     (primary is None or st.get("primary") == primary))
+
+    def whole_since(self, nodes: tuple[int, ...] = (1, 2),
+                    primary: str | None = None) -> float | None:
+        """The wall-clock time (the nodes' own `since`) at which the last of the nodes'
+        processes, tunnel and relay, (re)connected to Redis (to `primary` if given); None
+        while one of them is not connected."""
+        latest = 0.0
+        for j in nodes:
+            for service in ("tun7", "rtpproxy"):
+                st = self.cluster_status(j, service)
+                if not st or not st.get("connected") or \
+                        (primary is not None and st.get("primary") != primary):
+                    return None
+                latest = max(latest, float(st["since"]))
+        return latest
+
+    def recovery(self, t_event: float, timeout: float, primary: str | None = None,
+                 nodes: tuple[int, ...] = (1, 2),
+                 extra: Callable[[], bool] = lambda: True) -> float | None:
+        """Seconds from `t_event` (wall clock) until the cluster was whole again, as the nodes
+        themselves record it (not the polling's latency); None if not within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            since = self.whole_since(nodes, primary)
+            if since is not None and extra():
+                return max(0.0, since - t_event)
+            time.sleep(0.1)
+        return None
 
     def start_clients(self) -> None:
         for m in (1, 2):
@@ -380,31 +414,24 @@ def _fill(res: Result, seen: dict, seconds: float, t_end: float) -> None:
                              f"from {srcs} (relay {relay_addr})")
 
 
-def _timed(cond: Callable[[], bool], timeout: float) -> float | None:
-    """Seconds until `cond` holds (polled every 0.1 s), None if it did not within timeout."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return time.monotonic() - t0
-        time.sleep(0.1)
-    return None
-
-
 # -- the scenarios -----------------------------------------------------------------------------
 def _kill(c: ChaosLab, opts: Options, res: Result) -> float:
-    span = opts.lead + 3.0 + 2.0 + opts.tail
+    span = opts.lead + opts.node_down + 2.0 + opts.tail
     with c.traffic(span) as results:
         t_end = time.monotonic() + span
         time.sleep(opts.lead)
         c.kill_node(1)
         c.lab.move(2)
-        time.sleep(3.0)
-        t0 = time.monotonic()
+        time.sleep(opts.node_down)
+        t0 = time.time()
         c.start_node(1)
         c.lab.move(1)          # as soon as its control socket answers: the cluster's state
-        res.recover = time.monotonic() - t0   # restart until the route could come back
+        res.recover = c.recovery(t0, 20, nodes=(1,))
+        res.recovered = res.recover is not None
         res.notes.append("node 1 SIGKILLed, route to node 2 at once; node 1 restarted after "
-                         "3 s, route back to it as soon as it answered")
+                         f"{opts.node_down:g} s, route back to it as soon as it answered; "
+                         "recovered = node 1's tunnel and relay processes synced, from their "
+                         "restart")
         seen = results()
     _fill(res, seen, span, t_end)
     return span
@@ -421,15 +448,16 @@ def _redis(c: ChaosLab, opts: Options, res: Result) -> float:
         time.sleep(opts.redis_down / 3)
         c.lab.move(1)
         time.sleep(opts.redis_down / 3)
+        t0 = time.time()
         c._redis_server(c.redis_host, "primary")
-        res.recover = _timed(lambda: c.connected(1) and c.connected(2) and
-                             c.redis_count(c.redis_host, "anytun:rec:endpoint") == 2 and
-                             c.redis_count(c.redis_host, "media:rec:session") >= 2,
-                             opts.tail + 20)
+        res.recover = c.recovery(t0, opts.tail + 20, extra=lambda: (
+            c.redis_count(c.redis_host, "anytun:rec:endpoint") == 2 and
+            c.redis_count(c.redis_host, "media:rec:session") >= 2))
         res.recovered = res.recover is not None
         res.notes.append(f"Redis down {opts.redis_down:g} s (restarted empty), route 1->2->1 "
-                         "during the outage; recovered = both nodes connected and Redis "
-                         "repopulated with endpoints and sessions")
+                         "during the outage; recovered = both nodes' tunnel and relay "
+                         "processes connected and Redis repopulated with endpoints and sessions, "
+                         "from the restart")
         seen = results()
     _fill(res, seen, span, t_end)
     return span
@@ -464,7 +492,8 @@ def _partition(c: ChaosLab, opts: Options, res: Result) -> float:
                 time.sleep(0.2)
         finally:
             rtr.run(["nft", "delete", "table", "inet", "chaos"], check=False)
-        res.recover = _timed(lambda: c.connected(1) and c.connected(2), opts.tail + 20)
+            t0 = time.time()
+        res.recover = c.recovery(t0, opts.tail + 20)
         res.recovered = res.recover is not None
         time.sleep(1.0)
         c.lab.move(1)
@@ -477,7 +506,7 @@ def _partition(c: ChaosLab, opts: Options, res: Result) -> float:
 
 
 def _sentinel(c: ChaosLab, opts: Options, res: Result) -> float:
-    span = opts.lead + 8.0 + opts.tail
+    span = opts.lead + opts.failover + opts.tail
     new = f"{c.replica_host.ip4}:{REDIS_PORT}"
     old = f"{c.redis_host.ip4}:{REDIS_PORT}"
     if not (c.connected(1, old) and c.connected(2, old)):
@@ -485,36 +514,39 @@ def _sentinel(c: ChaosLab, opts: Options, res: Result) -> float:
     with c.traffic(span) as results:
         t_end = time.monotonic() + span
         time.sleep(opts.lead)
+        t0, t0_mono = time.time(), time.monotonic()
         c.stop_redis("primary", signal.SIGKILL)
-        t0 = time.monotonic()
         c.lab.move(2)
-        res.recover = _timed(lambda: c.connected(1, new) and c.connected(2, new), 20)
-        res.recovered = res.recover is not None and \
-            c.redis_count(c.replica_host, "anytun:rec:endpoint") == 2
+        res.recover = c.recovery(t0, 20, primary=new, extra=lambda: (
+            c.redis_count(c.replica_host, "anytun:rec:endpoint") == 2))
+        res.recovered = res.recover is not None
+        if res.recovered:
+            res.primary = new
         c.lab.move(1)
-        time.sleep(max(0.0, t0 + 8.0 - time.monotonic()))
+        time.sleep(max(0.0, t0_mono + opts.failover - time.monotonic()))
         promoted = c.sentinel_view()
         named = promoted[0] if promoted else "?"
         res.notes.append(f"primary {old} SIGKILLed; the Sentinels named {named}; "
-                         "recovered = both nodes connected to the promoted replica "
-                         f"{new}, which holds the records; route 1->2->1 meanwhile")
+                         "recovered = both nodes' tunnel and relay processes "
+                         f"connected to the promoted replica {new}, which holds the records; "
+                         "route 1->2->1 meanwhile")
         seen = results()
     _fill(res, seen, span, t_end)
     return span
 
 
 def _skew(c: ChaosLab, opts: Options, res: Result) -> float:
-    span = opts.lead + 8.0 + opts.tail
-    ahead = c.skew_of(2)
+    span = opts.lead + 4 * opts.skew_step + opts.tail
+    ahead = res.clock_offset = c.skew_of(2)
     with c.traffic(span) as results:
         t_end = time.monotonic() + span
         time.sleep(opts.lead)
         for to in (2, 1, 2, 1):
             c.lab.move(to)
-            time.sleep(2.0)
+            time.sleep(opts.skew_step)
         res.recover = None
         res.notes.append(f"node 2's wall clock {SKEW:g} s ahead (libfaketime; measured "
-                         f"{ahead:+.1f} s); route 1->2->1->2->1 every 2 s")
+                         f"{ahead:+.1f} s); route 1->2->1->2->1 every {opts.skew_step:g} s")
         seen = results()
     _fill(res, seen, span, t_end)
     if not SKEW - 1.5 <= ahead <= SKEW + 1.5:
