@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -92,3 +94,18 @@ def test_node_follows_the_new_primary_after_a_failover(sentinels: SentinelSet) -
         alloc.close()
         await a.backend.stop()
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    ("redis+sentinel://127.0.0.1:26379/", "names no master"),
+    ("redis+sentinel://127.0.0.1:99999/m", "bad port"),
+    ("redis+sentinel://h/m", "--rtp-ports"),   # a good URL: the next mistake is reported
+])
+def test_the_command_line_reports_a_bad_sentinel_url_in_one_line(url: str, words: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "relay", "--rtpproxy", "udp:127.0.0.1:22299",
+                           "--rtp-address", "127.0.0.1", "--rtp-ports",
+                           "3000" if "--rtp" in words else "30000-30099", "--sync", url],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert words in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
