@@ -29,10 +29,11 @@ The scenarios (the traffic starts LEAD seconds before the fault and runs TAIL se
 
 Each row: pings lost (of sent), TCP bytes lost (planned - received; "intact" when what arrived
 is exactly the stream's beginning), the longest time without a ping reply, the time the
-cluster took to be whole again (both nodes connected to the Redis primary, Redis repopulated;
-"-" where nothing had to recover), and the calls kept (both legs still receive media from the
-same relay address at the end). Exit status 0 when every property holds: no TCP byte lost,
-stream intact, every call kept, the cluster recovered.
+cluster took to be whole again (every tunnel and relay process connected to the Redis primary,
+Redis repopulated; taken from the `since` the nodes record, not from polling; "-" where nothing
+had to recover), the calls kept (both legs still receive media from the same relay address at
+the end) and the calls' RTP packets lost. Exit status 0 when every property holds: node 2
+carried traffic, no TCP byte lost, stream intact, every call kept, the cluster recovered.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ class Result:
     recovered: bool = True
     calls: int = 0
     calls_kept: int = 0
+    rtp_sent: int = 0
+    rtp_lost: int = 0                    # RTP packets of the calls that never arrived
     notes: list[str] = field(default_factory=list)
     moved: bool = False                  # node 2 carried tunnel and call traffic
     primary: str | None = None           # sentinel: the primary every process ended on
@@ -114,11 +117,11 @@ class Result:
         return (f"{self.name:<10} {self.pings_lost:>4}/{self.pings_sent:<5} "
                 f"{self.bytes_lost:>9}/{self.bytes_planned:<9} "
                 f"{'yes' if self.intact else 'NO':<7}{self.gap * 1000:>8.0f} ms  {rec:>13}  "
-                f"{self.calls_kept}/{self.calls}")
+                f"{self.calls_kept}/{self.calls:<8} {self.rtp_lost}/{self.rtp_sent}")
 
 
 HEADER = (f"{'scenario':<10} {'pings lost':<10} {'TCP bytes lost':<19} {'intact':<7}"
-          f"{'ping gap':>11}  {'cluster whole':>13}  calls kept")
+          f"{'ping gap':>11}  {'cluster whole':>13}  calls kept RTP lost")
 
 
 def node_toml(j: int) -> str:
@@ -384,11 +387,11 @@ def _ping_figures(out: str, seconds: float) -> tuple[int, int, float]:
 
 
 def _call_kept(phone: dict, relay_addr: str, end: float) -> bool:
-    """Media still arrives in the last second of the run, and only from the relay address
-    the call was given."""
+    """Media still arrives in the last 1.5 s of the run, and only from the relay address the
+    call was given."""
     arrivals = phone["arrivals"]
     return bool(arrivals) and {src for _, src in arrivals} == {relay_addr} and \
-        any(t >= end - 1.0 for t, _ in arrivals)
+        any(end - 1.5 <= t <= end for t, _ in arrivals)
 
 
 def _fill(res: Result, seen: dict, seconds: float, t_end: float) -> None:
@@ -401,6 +404,10 @@ def _fill(res: Result, seen: dict, seconds: float, t_end: float) -> None:
             res.notes.append(f"TCP {what}: {seen[what]['error']}")
     phones = seen["phones"]
     res.calls = len(phones) // 2
+    for (a, _), (b, _) in zip(phones[::2], phones[1::2], strict=True):
+        res.rtp_sent += a["sent"] + b["sent"]
+        res.rtp_lost += max(0, a["sent"] - len(b["arrivals"])) + \
+            max(0, b["sent"] - len(a["arrivals"]))
     res.calls_kept = sum(_call_kept(a, ra, t_end) and _call_kept(b, rb, t_end)
                          for (a, ra), (b, rb) in zip(phones[::2], phones[1::2], strict=True))
     for i, (phone, relay_addr) in enumerate(phones):
