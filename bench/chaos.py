@@ -12,7 +12,7 @@ two "internet" hosts) and deletes it afterwards, whatever happens:
   50 ms, and sends it one TCP stream through the tunnel, paced over the whole run and checked
   byte for byte at the far end;
 * two relay calls, set up through node 1's and node 2's control sockets, with RTP both ways
-  every 20 ms between client 1 and host net1 through the anycast relay address.
+  every 20 ms between client 1 and host net2 through the anycast relay address.
 
 The scenarios (the traffic starts LEAD seconds before the fault and runs TAIL seconds after it):
   kill       SIGKILL of every process on node 1 mid-transfer; the route moves to node 2 at once
@@ -328,7 +328,8 @@ class ChaosLab:
     def traffic(self, seconds: float) -> Iterator[Callable[[], dict]]:
         """Pings, the TCP stream and two calls for `seconds`; yields a function that waits for
         them and returns what they saw."""
-        cli, peer, callee = self.lab.clients[0], self.lab.clients[1], self.lab.hosts[0]
+        # the callee sits on net2: the partition cuts node 1 from Redis on net1, not from it
+        cli, peer, callee = self.lab.clients[0], self.lab.clients[1], self.lab.hosts[1]
         size = int(RATE * seconds)
         sink = peer.popen([*TRAFFIC, "sink", "10.8.2.2", "5001", str(size), "7"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)

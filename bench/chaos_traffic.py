@@ -7,8 +7,8 @@
 sink/source: one TCP stream of SIZE pseudo-random bytes (from SEED) paced evenly over SECONDS;
 the sink regenerates the stream and says, as one JSON line, how many bytes arrived and whether
 they are exactly the stream's first bytes. phone: RTP-sized packets every 20 ms to DEST for
-SECONDS (listening 0.5 s longer), and when each packet arrived (CLOCK_MONOTONIC, shared by
-every namespace) from where.
+SECONDS (from 0.5 s on, listening 0.5 s longer), and when each packet arrived
+(CLOCK_MONOTONIC, shared by every namespace) from where.
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ def phone(bind: str, port: int, dest: str, dport: int, seconds: float) -> dict:
         s.bind((bind, port))
         s.settimeout(0.005)
         t0 = time.monotonic()
-        sent, next_send = 0, t0
-        # listen a little longer than the other phone sends: its last packets are not lost
+        # send from 0.5 s on (the other phone is listening by then) and listen 0.5 s longer
+        # than the other phone sends: the ends of the call lose nothing of their own
+        sent, next_send = 0, t0 + 0.5
         while (now := time.monotonic()) < t0 + seconds + 0.5:
             if now >= next_send and now < t0 + seconds:
                 s.sendto(b"\x80\x08" + (sent & 0xFFFF).to_bytes(2, "big") + b"\x00" * 168,

@@ -33,6 +33,7 @@ def test_scenario_loses_no_byte_and_recovers(name: str) -> None:
     assert res.moved, "the route moves did not bring traffic to node 2"
     assert res.bytes_planned > 0 and res.bytes_lost == 0 and res.intact, res.row()
     assert res.calls == 2 and res.calls_kept == 2, res.notes
+    assert res.rtp_sent > 1000 and res.rtp_lost <= 10, res.row()   # UDP: in flight at a kill
     assert res.recovered, res.notes
     # a few pings may fall between a route move and the other node's first reply
     assert res.pings_sent > 100 and res.pings_lost <= 5, res.row()
