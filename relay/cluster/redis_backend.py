@@ -53,7 +53,7 @@ from relay.cluster.records import (
     decode,
     merge,
 )
-from relay.cluster.redis_url import SentinelUrl, is_sentinel, parse_sentinel
+from relay.cluster.redis_url import SentinelUrl, check_url, is_sentinel, parse_sentinel
 from relay.rtpproxy.ports import PairRange, PortsExhausted
 
 log = logging.getLogger("anytun-relay.redis")
@@ -143,28 +143,10 @@ class RedisOptions:
         return parse_sentinel(self.url) if is_sentinel(self.url) else None
 
     def validate(self) -> None:
-        if is_sentinel(self.url):
-            parse_sentinel(self.url)
-            if self.tls_ca or self.tls_cert:
-                raise ValueError("TLS files given but the sync URL is not rediss://")
-            if not NODE_RE.match(self.prefix):
-                raise ValueError(f"cluster name {self.prefix!r}: letters, digits, ._:- only")
-            return
-        u = urlparse(self.url)
-        if u.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"sync URL {self.url!r}: use redis://host:port, rediss:// (TLS), "
-                             "unix:///path or redis+sentinel://host:port[,host:port]/master")
-        if u.scheme != "unix" and not u.hostname:
-            raise ValueError(f"sync URL {self.url!r} has no host")
-        if u.scheme == "unix" and not u.path:
-            raise ValueError(f"sync URL {self.url!r} has no socket path")
-        try:
-            u.port  # noqa: B018 - parsing it raises on a bad port
-        except ValueError:
-            raise ValueError(f"sync URL {self.url!r} has a bad port") from None
+        check_url(self.url)
         if not NODE_RE.match(self.prefix):
             raise ValueError(f"cluster name {self.prefix!r}: letters, digits, ._:- only")
-        if (self.tls_ca or self.tls_cert) and u.scheme != "rediss":
+        if (self.tls_ca or self.tls_cert) and urlparse(self.url).scheme != "rediss":
             raise ValueError("TLS files given but the sync URL is not rediss://")
 
     def kwargs(self) -> dict[str, Any]:

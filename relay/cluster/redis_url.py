@@ -1,4 +1,5 @@
-"""The Sentinel form of the sync URL, parsed without a Redis client (pure):
+"""The sync URL, checked without a Redis client (pure): redis://, rediss:// (TLS), unix://,
+and the Sentinel form
 
     redis+sentinel://[:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/MASTER[/DB]
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
@@ -96,3 +98,22 @@ def parse_sentinel(url: str) -> SentinelUrl:
     if len(set(sentinels)) != len(sentinels):
         raise ValueError(f"sync URL {url!r} names a Sentinel twice")
     return SentinelUrl(sentinels, master, db, password)
+
+
+def check_url(url: str) -> None:
+    """A ValueError with one line when `url` is not a sync URL a node can use."""
+    if is_sentinel(url):
+        parse_sentinel(url)
+        return
+    u = urlparse(url)
+    if u.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"sync URL {url!r}: use redis://host:port, rediss:// (TLS), "
+                         "unix:///path or redis+sentinel://host:port[,host:port]/master")
+    if u.scheme != "unix" and not u.hostname:
+        raise ValueError(f"sync URL {url!r} has no host")
+    if u.scheme == "unix" and not u.path:
+        raise ValueError(f"sync URL {url!r} has no socket path")
+    try:
+        u.port  # noqa: B018 - parsing it raises on a bad port
+    except ValueError:
+        raise ValueError(f"sync URL {url!r} has a bad port") from None

@@ -109,3 +109,23 @@ def test_the_command_line_reports_a_bad_sentinel_url_in_one_line(url: str, words
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert words in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    ("http://x", "use redis://host:port"),
+    ("redis+sentinel://10.0.5.1:26379,10.0.5.2/", "names no master"),
+])
+def test_check_config_refuses_a_bad_sync_url(tmp_path, url: str, words: str) -> None:
+    conf = tmp_path / "node.toml"
+    conf.write_text('[relay]\nrtpproxy = ["udp:127.0.0.1:22222"]\nrtp_address = ["192.0.2.1"]\n'
+                    f'rtp_ports = "30000-30999"\n\n[cluster]\nsync = "{url}"\n')
+    proc = subprocess.run([sys.executable, "-m", "relay", "check-config", str(conf)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "[cluster].sync" in proc.stderr and words in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    good = conf.read_text().replace(url, "redis+sentinel://10.0.5.1:26379,10.0.5.2/anytun")
+    conf.write_text(good)
+    ok = subprocess.run([sys.executable, "-m", "relay", "check-config", str(conf)],
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and "cluster: backend redis" in ok.stdout, ok.stderr
