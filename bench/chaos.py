@@ -24,6 +24,8 @@ The scenarios (the traffic starts LEAD seconds before the fault and runs TAIL se
              moves to node 2 during the partition and back after it heals
   sentinel   the Redis primary is SIGKILLed; Sentinel promotes the replica and the nodes must
              follow it; the route moves to node 2 and back while they do
+  switchover the same by `SENTINEL FAILOVER`: the old primary stays up as a replica, so the
+             nodes' links to it do not break by themselves
   skew       node 2's processes run 5 s ahead (libfaketime: their wall clock, not their
              monotonic clock); the route moves 1->2->1->2->1
 
@@ -68,7 +70,7 @@ RTP_CTL = "udp:127.0.0.1:22222"
 RTP_PORTS = "40000-40199"
 RATE = 250_000          # bytes/s of the TCP stream through the tunnel
 SKEW = 5.0              # seconds node 2's clock runs ahead in the skew scenario
-SCENARIOS = ("kill", "redis", "partition", "sentinel", "skew")
+SCENARIOS = ("kill", "redis", "partition", "sentinel", "switchover", "skew")
 
 
 @dataclass(frozen=True)
@@ -543,6 +545,34 @@ def _sentinel(c: ChaosLab, opts: Options, res: Result) -> float:
     return span
 
 
+def _switchover(c: ChaosLab, opts: Options, res: Result) -> float:
+    span = opts.lead + opts.failover + opts.tail
+    new = f"{c.replica_host.ip4}:{REDIS_PORT}"
+    old = f"{c.redis_host.ip4}:{REDIS_PORT}"
+    if not (c.connected(1, old) and c.connected(2, old)):
+        raise LabError("the nodes are not on the first primary before the failover")
+    with c.traffic(span) as results:
+        t_end = time.monotonic() + span
+        time.sleep(opts.lead)
+        t0, t0_mono = time.time(), time.monotonic()
+        c.replica_host.run(["redis-cli", "-p", str(SENTINEL_PORT), "sentinel", "failover",
+                            MASTER])
+        c.lab.move(2)
+        res.recover = c.recovery(t0, 20, primary=new, extra=lambda: (
+            c.redis_count(c.replica_host, "anytun:rec:endpoint") == 2))
+        res.recovered = res.recover is not None
+        if res.recovered:
+            res.primary = new
+        c.lab.move(1)
+        time.sleep(max(0.0, t0_mono + opts.failover - time.monotonic()))
+        res.notes.append(f"SENTINEL FAILOVER: {old} demoted to a replica (still running), "
+                         f"{new} promoted; recovered = both nodes' tunnel and relay processes "
+                         f"on {new}, which holds the records; route 1->2->1 meanwhile")
+        seen = results()
+    _fill(res, seen, span, t_end)
+    return span
+
+
 def _skew(c: ChaosLab, opts: Options, res: Result) -> float:
     span = opts.lead + 4 * opts.skew_step + opts.tail
     ahead = res.clock_offset = c.skew_of(2)
@@ -564,12 +594,12 @@ def _skew(c: ChaosLab, opts: Options, res: Result) -> float:
 
 PLAN: dict[str, Callable[[ChaosLab, Options, Result], float]] = {
     "kill": _kill, "redis": _redis, "partition": _partition, "sentinel": _sentinel,
-    "skew": _skew}
+    "switchover": _switchover, "skew": _skew}
 
 
 def missing_programs(name: str) -> list[str]:
     need = ["uanytun", "redis-server", "redis-cli", "nft", "ping", "ss"]
-    if name == "sentinel":
+    if name in ("sentinel", "switchover"):
         need.append("redis-sentinel")
     out = [p for p in need if shutil.which(p) is None]
     if name == "skew" and not Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
@@ -587,7 +617,7 @@ def run_scenario(name: str, opts: Options) -> Result:
         return res
     with tempfile.TemporaryDirectory(prefix=f"chaos-{name}-") as tmp, \
             AnycastLab(servers=2, clients=2, hosts=2, tag=f"chaos{name}") as lab:
-        c = ChaosLab(lab, Path(tmp), sentinel=name == "sentinel",
+        c = ChaosLab(lab, Path(tmp), sentinel=name in ("sentinel", "switchover"),
                      skewed=2 if name == "skew" else None)
         try:
             c.start_redis()

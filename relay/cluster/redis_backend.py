@@ -61,6 +61,7 @@ log = logging.getLogger("anytun-relay.redis")
 HEARTBEAT_TTL = 30
 BLOCK_PAIRS = 16
 STOP_GRACE = 2.0        # seconds a stopping link may take before it is abandoned
+SENTINEL_POLL = 5.0     # seconds between asking a Sentinel for the primary (missed messages)
 
 _CAS = """
 local purged = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -202,6 +203,7 @@ class RedisBackend:
         self.allocators: list[RedisPortAllocator] = []
         self._sentinel: Any = None          # redis.asyncio.sentinel.Sentinel, made lazily
         self.primary: str | None = None     # with Sentinel: the primary last connected to
+        self.primaries_followed = 0         # links ended because Sentinel moved the primary
 
     # -- lifetime --------------------------------------------------------------------------------
     async def start(self, store: Store, on_remote: OnRemote) -> None:
@@ -241,7 +243,7 @@ class RedisBackend:
         if s is None or self._sentinel is None:
             return
         host, port = await self._sentinel.discover_master(s.master)
-        self.primary = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        self.primary = _host_port(host, port)
 
     # -- the link --------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -255,9 +257,13 @@ class RedisBackend:
                 await self._resync(conn)
                 self._set_connected(True, "")
                 await _first_failure(self._reader(pubsub), self._writer(conn),
-                                     self._periodic(conn))
+                                     self._periodic(conn), self._follow_sentinel())
             except asyncio.CancelledError:
                 raise
+            except PrimaryMoved as exc:     # at once to the new primary, no retry pause
+                self.primaries_followed += 1
+                self._set_connected(False, str(exc))
+                continue
             except (redis.RedisError, OSError) as exc:
                 self._set_connected(False, f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # a bug must not end syncing for good
@@ -353,6 +359,52 @@ class RedisBackend:
                 if self._pending.get(ident) is rec:
                     del self._pending[ident]
 
+    async def _follow_sentinel(self) -> None:
+        """With Sentinel: end the link as soon as a Sentinel announces that our primary moved
+        (+switch-master), or names another primary when asked (every SENTINEL_POLL seconds, in
+        case the announcement was missed). A primary demoted by SENTINEL FAILOVER stays up
+        and keeps the node's pub/sub connection, so the link would not break by itself. A
+        Sentinel that is down is only skipped: it never breaks the link."""
+        s = self.opts.sentinel
+        if s is None:
+            await asyncio.Event().wait()
+            return
+        while True:
+            for host, port in s.sentinels:
+                client = aioredis.Redis(host=host, port=port, **_sentinel_kwargs(self.opts))
+                try:
+                    await self._watch_one(client, s.master, f"{host}:{port}")
+                except PrimaryMoved:
+                    raise
+                except (redis.RedisError, OSError):
+                    pass        # this Sentinel is away: ask the next one
+                finally:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(client.aclose(), 1)
+            await asyncio.sleep(self.opts.retry)
+
+    async def _watch_one(self, client: aioredis.Redis, master: str, where: str) -> None:
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe("+switch-master")
+            last_poll = time.monotonic()
+            while True:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg is not None and msg.get("type") == "message":
+                    words = _text(msg["data"]).split()
+                    if len(words) == 5 and words[0] == master:
+                        raise PrimaryMoved(f"Sentinel {where}: primary of {master} moved to "
+                                           f"{_host_port(words[3], words[4])}")
+                if time.monotonic() - last_poll >= SENTINEL_POLL:
+                    last_poll = time.monotonic()
+                    addr = await client.sentinel_get_master_addr_by_name(master)
+                    if addr and self.primary and _host_port(*addr) != self.primary:
+                        raise PrimaryMoved(f"Sentinel {where}: primary of {master} is "
+                                           f"{_host_port(*addr)}")
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pubsub.aclose(), 1)
+
     async def _periodic(self, conn: aioredis.Redis) -> None:
         """Heartbeat (also notices a dead link within socket_timeout) and anti-entropy."""
         last = self._clock()
@@ -405,7 +457,7 @@ class RedisBackend:
 
     def status(self) -> dict:
         return {"backend": "redis", "url": _redact(self.opts.url), "connected": self.connected,
-                "primary": self.primary,
+                "primary": self.primary, "primaries_followed": self.primaries_followed,
                 "since": round(self.since, 3),
                 "state": "synced" if self.connected else
                 "DISCONNECTED: forwarding with the state at hand, resync on reconnect",
@@ -442,6 +494,20 @@ async def _cancel_within(tasks: list[asyncio.Task], grace: float) -> None:
     for t in _done:
         if not t.cancelled():
             t.exception()  # retrieved: a failure while stopping is not news
+
+
+class PrimaryMoved(redis.ConnectionError):
+    """Sentinel moved the primary: the link ends and reconnects to the new one."""
+
+
+def _text(data: bytes | str) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def _host_port(host: bytes | str, port: bytes | str | int) -> str:
+    h = _text(host) if not isinstance(host, str) else host
+    p = _text(port) if isinstance(port, bytes) else str(port)
+    return f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
 
 
 def _redact(url: str) -> str:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from relay.cluster.redis_backend import RedisBackend, RedisOptions, _redact
 from relay.cluster.redis_url import SentinelUrl, parse_sentinel
@@ -92,6 +93,28 @@ def test_node_follows_the_new_primary_after_a_failover(sentinels: SentinelSet) -
         assert new.client().hgetall("anytun:ports:30000-30998")
         assert first not in alloc._free
         alloc.close()
+        await a.backend.stop()
+    asyncio.run(main())
+
+
+def test_node_follows_a_switchover_announced_by_sentinel(sentinels: SentinelSet) -> None:
+    """SENTINEL FAILOVER demotes a primary that stays up: the node's links to it need not
+    break, so the node must act on the Sentinel's +switch-master announcement."""
+    async def main() -> None:
+        a = await Node(sentinels.url, "a", resync_interval=60).start()
+        old, new = sentinels.primary, sentinels.replica
+        await until(lambda: a.backend.connected)
+        assert a.backend.status()["primary"] == f"127.0.0.1:{old.port}"
+        await asyncio.sleep(0.5)      # the watcher is subscribed to the Sentinel by now
+        sentinel = redis.Redis(port=sentinels.sentinel_port)
+        sentinel.execute_command("SENTINEL", "FAILOVER", sentinels.name)
+        await until(lambda: a.backend.status()["primary"] == f"127.0.0.1:{new.port}"
+                    and a.backend.connected, 30)
+        st = a.backend.status()
+        assert st["primaries_followed"] == 1, st    # by the announcement, not a broken link
+        a.put("route", "p3", {"mux": 3})
+        await until(lambda: new.client().hexists("anytun:rec:route", "p3"))
+        assert old.ping()                            # the old primary is up, as a replica
         await a.backend.stop()
     asyncio.run(main())
 
