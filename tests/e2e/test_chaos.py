@@ -1,7 +1,7 @@
 """The chaos scenarios of bench.chaos in a short form (Redis down 3 s, a 3 s partition): a
 two-node cluster keeps a TCP stream through the tunnel intact with no byte lost, keeps its relay
 calls, carries the traffic on node 2 when the route moves, and is whole again afterwards; with
-Sentinel, the nodes follow the promoted replica."""
+Sentinel, the nodes follow the promoted replica (primary killed, or SENTINEL FAILOVER)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_scenario_loses_no_byte_and_recovers(name: str) -> None:
     require(os.geteuid() == 0, "root (CAP_NET_ADMIN) for network namespaces")
     for program in ("uanytun", "redis-server", "redis-cli", "nft"):
         require_program(program)
-    if name == "sentinel":
+    if name in ("sentinel", "switchover"):
         require_program("redis-sentinel")
     if name == "skew":
         require(not chaos.missing_programs("skew"), "libfaketime (Debian faketime)")
@@ -37,7 +37,7 @@ def test_scenario_loses_no_byte_and_recovers(name: str) -> None:
     assert res.recovered, res.notes
     # a few pings may fall between a route move and the other node's first reply
     assert res.pings_sent > 100 and res.pings_lost <= 5, res.row()
-    if name == "sentinel":   # every tunnel and relay process is on the promoted replica
+    if name in ("sentinel", "switchover"):   # every process is on the promoted replica
         assert res.primary == f"10.3.2.2:{chaos.REDIS_PORT}", res.notes
     if name == "skew":
         assert res.clock_offset is not None and abs(res.clock_offset - chaos.SKEW) < 1.0
