@@ -214,8 +214,7 @@ class ChaosLab:
             return None
         # the whole process tree of node j sees a wall clock SKEW seconds ahead; monotonic
         # clocks stay true (they are per machine and never compared between nodes)
-        lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
-        return {**os.environ, "LD_PRELOAD": lib, "FAKETIME": f"+{SKEW:g}s",
+        return {**os.environ, "LD_PRELOAD": str(faketime_library()), "FAKETIME": f"+{SKEW:g}s",
                 "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
     def start_node(self, j: int) -> None:
@@ -597,13 +596,19 @@ PLAN: dict[str, Callable[[ChaosLab, Options, Result], float]] = {
     "switchover": _switchover, "skew": _skew}
 
 
+def faketime_library() -> Path | None:
+    """Debian's libfaketime (multithreaded variant), wherever the architecture puts it."""
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1")) + \
+        sorted(Path("/usr/lib/faketime").glob("libfaketimeMT.so.1"))
+    return found[0] if found else None
+
+
 def missing_programs(name: str) -> list[str]:
     need = ["uanytun", "redis-server", "redis-cli", "nft", "ping", "ss"]
     if name in ("sentinel", "switchover"):
         need.append("redis-sentinel")
     out = [p for p in need if shutil.which(p) is None]
-    if name == "skew" and not Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
-                                   ).exists():
+    if name == "skew" and faketime_library() is None:
         out.append("libfaketime (Debian faketime)")
     return out
 
@@ -693,6 +698,12 @@ def main(argv: list[str] | None = None) -> int:
     for res in results:
         for note in res.notes:
             print(f"{res.name}: {note}")
+    if repeat > 1:
+        for name in names:
+            counts = {(r.pings_lost, r.bytes_lost, r.intact, r.calls_kept, r.ok)
+                      for r in results if r.name == name}
+            print(f"{name}: {'the same' if len(counts) == 1 else 'DIFFERENT'} counts in "
+                  f"{repeat} runs (pings lost, bytes lost, intact, calls kept, verdict)")
     return 0 if all(r.ok for r in results) else 1
 
 
