@@ -170,7 +170,8 @@ class ChaosLab:
         wait_port(host, REDIS_PORT)
 
     def start_redis(self) -> None:
-        self._redis_server(self.redis_host, "primary")
+        # no 5 s wait before the replica's first (diskless) sync
+        self._redis_server(self.redis_host, "primary", "--repl-diskless-sync-delay", "0")
         if not self.sentinel:
             return
         self._redis_server(self.replica_host, "replica", "--replicaof", self.redis_host.ip4,
@@ -188,6 +189,9 @@ class ChaosLab:
             wait_port(host, SENTINEL_PORT)
         _wait(lambda: self.sentinel_view() == (self.redis_host.ip4, 1), 15,
               "the Sentinels to see the primary and its replica")
+        _wait(lambda: "master_link_status:up" in self.replica_host.run(
+            ["redis-cli", "-p", str(REDIS_PORT), "info", "replication"]).stdout, 15,
+            "the replica's first sync")
 
     def sentinel_view(self) -> tuple[str, int] | None:
         """(primary address, replicas) as the Sentinel on net2 reports them."""

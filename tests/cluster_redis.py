@@ -134,6 +134,8 @@ class SentinelSet:
     def start(self) -> SentinelSet:
         self.primary.start()
         self.replica.start()
+        # no 5 s wait before the first (diskless) sync of the replica
+        self.primary.client().config_set("repl-diskless-sync-delay", 0)
         self.replica.client().execute_command("REPLICAOF", "127.0.0.1", self.primary.port)
         conf = self.primary.dir / "sentinel.conf"
         conf.write_text(f"port {self.sentinel_port}\nbind 127.0.0.1\nprotected-mode no\n"
@@ -149,7 +151,8 @@ class SentinelSet:
         while time.monotonic() < deadline:
             with contextlib.suppress(redis.RedisError):
                 info = client.sentinel_master(self.name)
-                if int(info.get("num-slaves", 0)) >= 1:
+                link = self.replica.client().info("replication").get("master_link_status")
+                if int(info.get("num-slaves", 0)) >= 1 and link == "up":
                     return self
             time.sleep(0.1)
         raise RuntimeError("redis-sentinel did not see the primary and its replica")

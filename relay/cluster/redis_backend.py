@@ -505,7 +505,7 @@ def _text(data: bytes | str) -> str:
 
 
 def _host_port(host: bytes | str, port: bytes | str | int) -> str:
-    h = _text(host) if not isinstance(host, str) else host
+    h = _text(host)
     p = _text(port) if isinstance(port, bytes) else str(port)
     return f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
 
@@ -528,17 +528,41 @@ def _async_sentinel(s: SentinelUrl, opts: RedisOptions) -> Any:
     return Sentinel(list(s.sentinels), sentinel_kwargs=_sentinel_kwargs(opts))
 
 
-def sync_client(opts: RedisOptions, **overrides: Any) -> redis.Redis:
-    """A blocking client of the primary (the port pool's), following Sentinel like client()."""
-    kw = {**opts.kwargs(), **overrides}
-    s = opts.sentinel
-    if s is None:
-        return redis.Redis.from_url(opts.url, **kw)
-    from redis.sentinel import Sentinel
-    sentinels = Sentinel(list(s.sentinels),
-                         sentinel_kwargs={k: v for k, v in kw.items()
-                                          if k.startswith("socket_")})
-    return sentinels.master_for(s.master, db=s.db, **kw)
+class SyncPrimary:
+    """A blocking client of the primary (the port pool's). With Sentinel, `client()` asks the
+    Sentinels first and drops connections to a primary they no longer name: a primary demoted
+    by SENTINEL FAILOVER takes writes until it is reconfigured, and a block leased there would
+    be lost and leased again to another node."""
+
+    def __init__(self, opts: RedisOptions, **overrides: Any) -> None:
+        kw = {**opts.kwargs(), **overrides}
+        self._s = opts.sentinel
+        self._primary: tuple[str, int] | None = None
+        if self._s is None:
+            self._sentinels = None
+            self._client = redis.Redis.from_url(opts.url, **kw)
+            return
+        from redis.sentinel import Sentinel
+        self._sentinels = Sentinel(list(self._s.sentinels),
+                                   sentinel_kwargs={k: v for k, v in kw.items()
+                                                    if k.startswith("socket_")})
+        self._client = self._sentinels.master_for(self._s.master, db=self._s.db, **kw)
+
+    def script(self, lua: str) -> Any:
+        return self._client.register_script(lua)
+
+    def client(self) -> redis.Redis:
+        if self._sentinels is not None and self._s is not None:
+            primary = self._sentinels.discover_master(self._s.master)
+            if self._primary is not None and primary != self._primary:
+                self._client.connection_pool.disconnect()
+            self._primary = primary
+        return self._client
+
+    def close(self) -> None:
+        self._client.close()
+        for client in self._sentinels.sentinels if self._sentinels is not None else ():
+            client.close()
 
 
 class RedisPortAllocator(PairRange):
@@ -554,8 +578,8 @@ class RedisPortAllocator(PairRange):
         self.key = f"{opts.prefix}:ports:{first}-{last}"
         self.alive_prefix = f"{opts.prefix}:alive:"
         self.blocks = ((last - first) // 2) // BLOCK_PAIRS + 1
-        self._redis = sync_client(opts, socket_timeout=1)
-        self._lease = self._redis.register_script(_LEASE)
+        self._primary = SyncPrimary(opts, socket_timeout=1)
+        self._lease = self._primary.script(_LEASE)
         self._own: set[int] = set()                # block indexes leased to this node
         self._free: list[int] = []                 # free even ports in own blocks
         self._down_until = 0.0
@@ -565,7 +589,7 @@ class RedisPortAllocator(PairRange):
     def _reclaim(self) -> None:
         """After a restart, the blocks this node held are its own again."""
         try:
-            owners = self._redis.hgetall(self.key)
+            owners = self._primary.client().hgetall(self.key)
         except redis.RedisError as exc:
             self._failed(exc)
             return
@@ -592,9 +616,10 @@ class RedisPortAllocator(PairRange):
         if time.monotonic() < self._down_until:
             return False
         try:
-            self._redis.set(self.alive_prefix + self.node, "1", ex=HEARTBEAT_TTL)
+            conn = self._primary.client()
+            conn.set(self.alive_prefix + self.node, "1", ex=HEARTBEAT_TTL)
             idx = int(self._lease(keys=[self.key],
-                                  args=[self.node, self.blocks, self.alive_prefix]))
+                                  args=[self.node, self.blocks, self.alive_prefix], client=conn))
         except redis.RedisError as exc:
             self._failed(exc)
             return False
@@ -634,4 +659,4 @@ class RedisPortAllocator(PairRange):
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self._redis.close()
+            self._primary.close()

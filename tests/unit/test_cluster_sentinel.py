@@ -105,6 +105,9 @@ def test_node_follows_a_switchover_announced_by_sentinel(sentinels: SentinelSet)
         old, new = sentinels.primary, sentinels.replica
         await until(lambda: a.backend.connected)
         assert a.backend.status()["primary"] == f"127.0.0.1:{old.port}"
+        alloc = a.backend.port_allocator(30000, 30998)
+        alloc.allocate_pair()                        # block 0, leased on the old primary
+        await until(lambda: new.client().hexists("anytun:ports:30000-30998", "0"))
         await asyncio.sleep(0.5)      # the watcher is subscribed to the Sentinel by now
         sentinel = redis.Redis(port=sentinels.sentinel_port)
         sentinel.execute_command("SENTINEL", "FAILOVER", sentinels.name)
@@ -114,6 +117,12 @@ def test_node_follows_a_switchover_announced_by_sentinel(sentinels: SentinelSet)
         assert st["primaries_followed"] == 1, st    # by the announcement, not a broken link
         a.put("route", "p3", {"mux": 3})
         await until(lambda: new.client().hexists("anytun:rec:route", "p3"))
+        # the port pool leases its blocks on the new primary, not on the demoted one (which
+        # would take them until Sentinel reconfigures it, and then lose them)
+        await asyncio.to_thread(lambda: [alloc.allocate_pair() for _ in range(40)])
+        leased = new.client().hgetall("anytun:ports:30000-30998")
+        assert len(leased) == 3 and set(leased.values()) == {b"a"}, leased
+        alloc.close()
         assert old.ping()                            # the old primary is up, as a replica
         await a.backend.stop()
     asyncio.run(main())
