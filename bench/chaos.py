@@ -179,10 +179,10 @@ class ChaosLab:
         for i, host in enumerate(self.lab.hosts[:2]):
             conf = self.tmp / f"sentinel{i}.conf"
             conf.write_text(f"port {SENTINEL_PORT}\nbind 0.0.0.0\nprotected-mode no\n"
-                            f"dir {self.tmp}\n"
+                            f"dir {self.tmp}\nlogfile {self.tmp}/sentinel{i}.log\n"
                             f"sentinel monitor {MASTER} {self.redis_host.ip4} {REDIS_PORT} 1\n"
                             f"sentinel down-after-milliseconds {MASTER} 1000\n"
-                            f"sentinel failover-timeout {MASTER} 10000\n")
+                            f"sentinel failover-timeout {MASTER} 3000\n")
             self.redis[f"sentinel{i}"] = host.popen(["redis-sentinel", str(conf)],
                                                     stdout=subprocess.DEVNULL,
                                                     stderr=subprocess.DEVNULL)
@@ -201,6 +201,16 @@ class ChaosLab:
         if "ip" not in info:
             return None
         return info["ip"], int(info.get("num-slaves", 0))
+
+    def elections(self) -> tuple[int, int]:
+        """(failover attempts, attempts aborted without a leader) in the Sentinels' logs: two
+        Sentinels may split their votes, and then try again after 2 x failover-timeout."""
+        tries = aborted = 0
+        for log in self.tmp.glob("sentinel*.log"):
+            text = log.read_text(errors="replace")
+            tries += text.count("+try-failover")
+            aborted += text.count("-failover-abort-not-elected")
+        return tries, aborted
 
     def stop_redis(self, name: str = "primary", sig: int = signal.SIGTERM) -> None:
         proc = self.redis.pop(name)
@@ -539,7 +549,9 @@ def _sentinel(c: ChaosLab, opts: Options, res: Result) -> float:
         time.sleep(max(0.0, t0_mono + opts.failover - time.monotonic()))
         promoted = c.sentinel_view()
         named = promoted[0] if promoted else "?"
-        res.notes.append(f"primary {old} SIGKILLed; the Sentinels named {named}; "
+        tries, aborted = c.elections()
+        res.notes.append(f"primary {old} SIGKILLed; the Sentinels named {named} ({tries} "
+                         f"failover attempt(s), {aborted} without a leader); "
                          "recovered = both nodes' tunnel and relay processes "
                          f"connected to the promoted replica {new}, which holds the records; "
                          "route 1->2->1 meanwhile")
