@@ -14,7 +14,7 @@ two "internet" hosts) and deletes it afterwards, whatever happens:
 * two relay calls, set up through node 1's and node 2's control sockets, with RTP both ways
   every 20 ms between client 1 and host net2 through the anycast relay address.
 
-The scenarios (the traffic starts LEAD seconds before the fault and runs TAIL seconds after it):
+The scenarios (the traffic starts 3 s before the fault and runs 5 s past its end):
   kill       SIGKILL of every process on node 1 mid-transfer; the route moves to node 2 at once
              (as a withdrawal would); node 1 restarts 3 s later and the route comes back to it
   redis      Redis stopped (SIGTERM, no persistence: it comes back empty) for --redis-down
@@ -670,8 +670,9 @@ def run_scenario(name: str, opts: Options) -> Result:
 
 def parse_args(argv: list[str] | None) -> tuple[list[str], Options, int]:
     p = argparse.ArgumentParser(prog="python -m bench.chaos",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Chaos scenarios against a two-node cluster in "
-                                "network namespaces (needs root).",
+                                "network namespaces (needs root).\n\n" + (__doc__ or ""),
                                 epilog="scenarios: " + ", ".join(SCENARIOS))
     p.add_argument("--only", action="append", metavar="NAME",
                    help="run only this scenario (repeatable, or comma-separated)")
