@@ -20,22 +20,23 @@ APT_RUNTIME := iproute2 iputils-ping procps util-linux nftables curl gcc libc6-d
 APT_TEST := $(APT_RUNTIME) wget bind9-dnsutils dnsmasq-base netcat-openbsd tcpdump iperf3 \
 	anytun uanytun kamailio sip-tester rtpengine-daemon redis-server valgrind make psmisc \
 	ethtool socat clang libclang-rt-14-dev openssl bird2 exabgp golang-go debootstrap \
-	systemd-container dpkg-dev man-db
+	systemd-container dpkg-dev man-db redis-sentinel faketime
 APT_BENCH := $(APT_TEST) linux-perf
 # The Debian package is built with Debian's own interpreter (its venv runs on the target's).
 APT_DEB := $(APT_RUNTIME) python3-dev dpkg-dev
 # The demo's chapters run uanytun (tunnels), Kamailio + SIPp (relay mode), Redis (cluster),
 # BIRD 2 (the router) and ExaBGP (the nodes announcing the anycast prefixes).
-APT_DEMO := $(APT_RUNTIME) uanytun kamailio sip-tester redis-server bird2 exabgp
+APT_DEMO := $(APT_RUNTIME) uanytun kamailio sip-tester redis-server redis-sentinel bird2 exabgp
 
 .PHONY: help deps-runtime deps-test deps-bench deps-demo venv build install demo test test-unit lint \
-	bench fuzz clean deb deps-deb
+	bench chaos fuzz clean deb deps-deb
 
 help:
 	@echo "make demo     install what is needed and run the anycast lab demo"
 	@echo "make test     install test dependencies and run the whole suite"
 	@echo "make lint     ruff over the Python code, and the import layers (lint-imports)"
 	@echo "make bench    benchmarks against the real peers (prints ratios)"
+	@echo "make chaos    chaos scenarios against a two-node cluster (CHAOS_ARGS=--help for options)"
 	@echo "make fuzz     fuzz every harness for FUZZ_SECONDS each (default 60); findings go to"
 	@echo "              fuzz/regressions/ (python -m fuzz --help for one harness, merging)"
 	@echo "make install  install the commands, libaarp.so, units, man pages (PREFIX, DESTDIR)"
@@ -91,6 +92,12 @@ test-unit: build
 
 bench: deps-bench build
 	$(PY) -m bench
+
+# Chaos for the cluster (bench/chaos.py): node killed, Redis down, partition, Sentinel
+# failover, clock skew; one row of losses and recovery per scenario.
+CHAOS_ARGS ?=
+chaos: deps-test build
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 # Coverage-guided fuzzing (fuzz/): libFuzzer harnesses under ASan+UBSan for the C parsers and
 # data plane, atheris harnesses for the Python ones. `make test` replays their corpora.

@@ -111,3 +111,60 @@ class RedisServer:
             with contextlib.suppress(OSError):
                 self.proc.stderr.close()
         self.proc = None
+
+
+class SentinelSet:
+    """A primary, one replica of it and one Sentinel watching them (master name `name`), all
+    on 127.0.0.1; the Sentinel declares the primary down after `down_ms` and promotes the
+    replica."""
+
+    def __init__(self, exe: str, sentinel_exe: str, name: str = "chaos",
+                 down_ms: int = 500) -> None:
+        self.name, self.down_ms = name, down_ms
+        self.primary = RedisServer(exe)
+        self.replica = RedisServer(exe)
+        self.sentinel_exe = sentinel_exe
+        self.sentinel_port = _free_port()
+        self.sentinel: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.name}"
+
+    def start(self) -> SentinelSet:
+        self.primary.start()
+        self.replica.start()
+        # no 5 s wait before the first (diskless) sync of the replica
+        self.primary.client().config_set("repl-diskless-sync-delay", 0)
+        self.replica.client().execute_command("REPLICAOF", "127.0.0.1", self.primary.port)
+        conf = self.primary.dir / "sentinel.conf"
+        conf.write_text(f"port {self.sentinel_port}\nbind 127.0.0.1\nprotected-mode no\n"
+                        f"dir {self.primary.dir}\n"
+                        f"sentinel monitor {self.name} 127.0.0.1 {self.primary.port} 1\n"
+                        f"sentinel down-after-milliseconds {self.name} {self.down_ms}\n"
+                        f"sentinel failover-timeout {self.name} 5000\n")
+        self.sentinel = subprocess.Popen([self.sentinel_exe, str(conf)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         start_new_session=True)
+        client = redis.Redis(port=self.sentinel_port, socket_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):
+                info = client.sentinel_master(self.name)
+                link = self.replica.client().info("replication").get("master_link_status")
+                if int(info.get("num-slaves", 0)) >= 1 and link == "up":
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError("redis-sentinel did not see the primary and its replica")
+
+    def current(self) -> int:
+        """The port of the primary the Sentinel names now."""
+        client = redis.Redis(port=self.sentinel_port, socket_timeout=0.5)
+        return int(client.sentinel_get_master_addr_by_name(self.name)[1])
+
+    def stop(self) -> None:
+        if self.sentinel is not None and self.sentinel.poll() is None:
+            self.sentinel.kill()
+            self.sentinel.wait(5)
+        self.replica.stop()
+        self.primary.stop()

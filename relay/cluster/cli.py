@@ -15,6 +15,7 @@ from relay.cluster import tcp_forward as tf
 from relay.cluster.anytun_sync_io import DEFAULT_PORT, parse_peers
 from relay.cluster.handover import HandoverOptions, check_address
 from relay.cluster.records import NODE_RE
+from relay.cluster.redis_url import check_url
 from relay.cluster.secrets import ClusterKey
 from relay.cluster.settings import ClusterSettings, RedisSettings
 from relay.cluster.tcp_forward import AnycastTcpOptions
@@ -25,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("cluster (state shared by the nodes of one anycast address)")
     g.add_argument("--sync", metavar="BACKEND", default=None,
                    help="memory (default: this node alone), or a Redis URL: redis://[:PASSWORD@]"
-                   "HOST:PORT[/DB], rediss://... (TLS), unix:///path/redis.sock")
+                   "HOST:PORT[/DB], rediss://... (TLS), unix:///path/redis.sock, or Sentinel: "
+                   "redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER[/DB] (follows failovers)")
     g.add_argument("--sync-node", metavar="NAME",
                    help="this node's name in the cluster (default HOSTNAME-SENDERID); unique")
     g.add_argument("--sync-cluster", metavar="NAME", default="anytun",
@@ -113,6 +115,13 @@ def _redis(args: argparse.Namespace) -> RedisSettings | None:
                 args.sync_tls_key:
             raise ConfigError("Redis options given without --sync redis://...")
         return None
+    try:
+        check_url(url)      # now, so check-config refuses it too
+    except ValueError as exc:
+        raise ConfigError(f"--sync: {exc}") from None
+    if not NODE_RE.match(args.sync_cluster):
+        raise ConfigError(f"--sync-cluster {args.sync_cluster!r}: letters, digits and ._:- "
+                          "only (max 64)")
     password = _read_secret(args.sync_password_file, "--sync-password-file") \
         if args.sync_password_file else None
     if bool(args.sync_tls_cert) != bool(args.sync_tls_key):

@@ -53,6 +53,7 @@ from relay.cluster.records import (
     decode,
     merge,
 )
+from relay.cluster.redis_url import SentinelUrl, check_url, is_sentinel, parse_sentinel
 from relay.rtpproxy.ports import PairRange, PortsExhausted
 
 log = logging.getLogger("anytun-relay.redis")
@@ -60,6 +61,7 @@ log = logging.getLogger("anytun-relay.redis")
 HEARTBEAT_TTL = 30
 BLOCK_PAIRS = 16
 STOP_GRACE = 2.0        # seconds a stopping link may take before it is abandoned
+SENTINEL_POLL = 5.0     # seconds between asking a Sentinel for the primary (missed messages)
 
 _CAS = """
 local purged = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -137,27 +139,23 @@ class RedisOptions:
     tombstone_grace: float = DAY_MS / 1000   # seconds a delete is remembered
     purge_interval: float = 600.0
 
+    @property
+    def sentinel(self) -> SentinelUrl | None:
+        return parse_sentinel(self.url) if is_sentinel(self.url) else None
+
     def validate(self) -> None:
-        u = urlparse(self.url)
-        if u.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"sync URL {self.url!r}: use redis://host:port, rediss:// (TLS) "
-                             "or unix:///path")
-        if u.scheme != "unix" and not u.hostname:
-            raise ValueError(f"sync URL {self.url!r} has no host")
-        if u.scheme == "unix" and not u.path:
-            raise ValueError(f"sync URL {self.url!r} has no socket path")
-        try:
-            u.port  # noqa: B018 - parsing it raises on a bad port
-        except ValueError:
-            raise ValueError(f"sync URL {self.url!r} has a bad port") from None
+        check_url(self.url)
         if not NODE_RE.match(self.prefix):
             raise ValueError(f"cluster name {self.prefix!r}: letters, digits, ._:- only")
-        if (self.tls_ca or self.tls_cert) and u.scheme != "rediss":
+        if (self.tls_ca or self.tls_cert) and urlparse(self.url).scheme != "rediss":
             raise ValueError("TLS files given but the sync URL is not rediss://")
 
     def kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 3,
                               "health_check_interval": 0}
+        sentinel = self.sentinel
+        if sentinel is not None and sentinel.password is not None:
+            kw["password"] = sentinel.password
         if self.password is not None:
             kw["password"] = self.password
         if urlparse(self.url).scheme == "rediss":
@@ -203,6 +201,9 @@ class RedisBackend:
         self.forgotten = 0         # old records dropped because Redis purged their delete
         self._last_purge = 0.0
         self.allocators: list[RedisPortAllocator] = []
+        self._sentinel: Any = None          # redis.asyncio.sentinel.Sentinel, made lazily
+        self.primary: str | None = None     # with Sentinel: the primary last connected to
+        self.primaries_followed = 0         # links ended because Sentinel moved the primary
 
     # -- lifetime --------------------------------------------------------------------------------
     async def start(self, store: Store, on_remote: OnRemote) -> None:
@@ -221,9 +222,28 @@ class RedisBackend:
             await _cancel_within([self._task], STOP_GRACE)
             self._task = None
         self.connected = False
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.aclose(), 1)
+            self._sentinel = None
 
     def client(self) -> aioredis.Redis:
-        return aioredis.from_url(self.opts.url, **self.opts.kwargs())
+        """A client of the primary; with Sentinel, one that asks the Sentinels for the current
+        primary whenever it opens a connection (so a reconnect follows a failover)."""
+        s = self.opts.sentinel
+        if s is None:
+            return aioredis.from_url(self.opts.url, **self.opts.kwargs())
+        if self._sentinel is None:
+            self._sentinel = _async_sentinel(s, self.opts)
+        return self._sentinel.master_for(s.master, db=s.db, **self.opts.kwargs())
+
+    async def _locate_primary(self) -> None:
+        s = self.opts.sentinel
+        if s is None or self._sentinel is None:
+            return
+        host, port = await self._sentinel.discover_master(s.master)
+        self.primary = _host_port(host, port)
 
     # -- the link --------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -233,12 +253,17 @@ class RedisBackend:
                 conn = self.client()
                 pubsub = conn.pubsub()
                 await pubsub.subscribe(self.channel)
+                await self._locate_primary()
                 await self._resync(conn)
                 self._set_connected(True, "")
                 await _first_failure(self._reader(pubsub), self._writer(conn),
-                                     self._periodic(conn))
+                                     self._periodic(conn), self._follow_sentinel())
             except asyncio.CancelledError:
                 raise
+            except PrimaryMoved as exc:     # at once to the new primary, no retry pause
+                self.primaries_followed += 1
+                self._set_connected(False, str(exc))
+                continue
             except (redis.RedisError, OSError) as exc:
                 self._set_connected(False, f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # a bug must not end syncing for good
@@ -254,13 +279,15 @@ class RedisBackend:
         if up != self.connected:
             self.since = self._clock()
             if up:
-                log.info("redis sync: connected to %s; state merged (%d records)",
-                         self.opts.url, len(self.store or ()))
+                log.info("redis sync: connected to %s%s; state merged (%d records)",
+                         _redact(self.opts.url),
+                         f" (primary {self.primary})" if self.primary else "",
+                         len(self.store or ()))
             else:
                 log.warning("redis sync: lost %s (%s); forwarding with the state at hand",
-                            self.opts.url, error)
+                            _redact(self.opts.url), error)
         elif not up and error != self.last_error:
-            log.warning("redis sync: cannot reach %s (%s)", self.opts.url, error)
+            log.warning("redis sync: cannot reach %s (%s)", _redact(self.opts.url), error)
         self.connected = up
         self.last_error = error
 
@@ -332,6 +359,52 @@ class RedisBackend:
                 if self._pending.get(ident) is rec:
                     del self._pending[ident]
 
+    async def _follow_sentinel(self) -> None:
+        """With Sentinel: end the link as soon as a Sentinel announces that our primary moved
+        (+switch-master), or names another primary when asked (every SENTINEL_POLL seconds, in
+        case the announcement was missed). A primary demoted by SENTINEL FAILOVER stays up
+        and keeps the node's pub/sub connection, so the link would not break by itself. A
+        Sentinel that is down is only skipped: it never breaks the link."""
+        s = self.opts.sentinel
+        if s is None:
+            await asyncio.Event().wait()
+            return
+        while True:
+            for host, port in s.sentinels:
+                client = aioredis.Redis(host=host, port=port, **_sentinel_kwargs(self.opts))
+                try:
+                    await self._watch_one(client, s.master, f"{host}:{port}")
+                except PrimaryMoved:
+                    raise
+                except (redis.RedisError, OSError):
+                    pass        # this Sentinel is away: ask the next one
+                finally:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(client.aclose(), 1)
+            await asyncio.sleep(self.opts.retry)
+
+    async def _watch_one(self, client: aioredis.Redis, master: str, where: str) -> None:
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe("+switch-master")
+            last_poll = time.monotonic()
+            while True:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg is not None and msg.get("type") == "message":
+                    words = _text(msg["data"]).split()
+                    if len(words) == 5 and words[0] == master:
+                        raise PrimaryMoved(f"Sentinel {where}: primary of {master} moved to "
+                                           f"{_host_port(words[3], words[4])}")
+                if time.monotonic() - last_poll >= SENTINEL_POLL:
+                    last_poll = time.monotonic()
+                    addr = await client.sentinel_get_master_addr_by_name(master)
+                    if addr and self.primary and _host_port(*addr) != self.primary:
+                        raise PrimaryMoved(f"Sentinel {where}: primary of {master} is "
+                                           f"{_host_port(*addr)}")
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pubsub.aclose(), 1)
+
     async def _periodic(self, conn: aioredis.Redis) -> None:
         """Heartbeat (also notices a dead link within socket_timeout) and anti-entropy."""
         last = self._clock()
@@ -384,6 +457,7 @@ class RedisBackend:
 
     def status(self) -> dict:
         return {"backend": "redis", "url": _redact(self.opts.url), "connected": self.connected,
+                "primary": self.primary, "primaries_followed": self.primaries_followed,
                 "since": round(self.since, 3),
                 "state": "synced" if self.connected else
                 "DISCONNECTED: forwarding with the state at hand, resync on reconnect",
@@ -422,11 +496,73 @@ async def _cancel_within(tasks: list[asyncio.Task], grace: float) -> None:
             t.exception()  # retrieved: a failure while stopping is not news
 
 
+class PrimaryMoved(redis.ConnectionError):
+    """Sentinel moved the primary: the link ends and reconnects to the new one."""
+
+
+def _text(data: bytes | str) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def _host_port(host: bytes | str, port: bytes | str | int) -> str:
+    h = _text(host)
+    p = _text(port) if isinstance(port, bytes) else str(port)
+    return f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+
+
 def _redact(url: str) -> str:
-    u = urlparse(url)
-    if u.password:
-        return url.replace(f":{u.password}@", ":***@")
+    password = parse_sentinel(url).password if is_sentinel(url) else urlparse(url).password
+    if password:
+        return url.replace(f":{password}@", ":***@").replace(f"//{password}@", "//***@")
     return url
+
+
+def _sentinel_kwargs(opts: RedisOptions) -> dict[str, Any]:
+    """The Sentinels are asked with the same time limits, without the data nodes' password."""
+    kw = opts.kwargs()
+    return {k: v for k, v in kw.items() if k.startswith("socket_")}
+
+
+def _async_sentinel(s: SentinelUrl, opts: RedisOptions) -> Any:
+    from redis.asyncio.sentinel import Sentinel
+    return Sentinel(list(s.sentinels), sentinel_kwargs=_sentinel_kwargs(opts))
+
+
+class SyncPrimary:
+    """A blocking client of the primary (the port pool's). With Sentinel, `client()` asks the
+    Sentinels first and drops connections to a primary they no longer name: a primary demoted
+    by SENTINEL FAILOVER takes writes until it is reconfigured, and a block leased there would
+    be lost and leased again to another node."""
+
+    def __init__(self, opts: RedisOptions, **overrides: Any) -> None:
+        kw = {**opts.kwargs(), **overrides}
+        self._s = opts.sentinel
+        self._primary: tuple[str, int] | None = None
+        if self._s is None:
+            self._sentinels = None
+            self._client = redis.Redis.from_url(opts.url, **kw)
+            return
+        from redis.sentinel import Sentinel
+        self._sentinels = Sentinel(list(self._s.sentinels),
+                                   sentinel_kwargs={k: v for k, v in kw.items()
+                                                    if k.startswith("socket_")})
+        self._client = self._sentinels.master_for(self._s.master, db=self._s.db, **kw)
+
+    def script(self, lua: str) -> Any:
+        return self._client.register_script(lua)
+
+    def client(self) -> redis.Redis:
+        if self._sentinels is not None and self._s is not None:
+            primary = self._sentinels.discover_master(self._s.master)
+            if self._primary is not None and primary != self._primary:
+                self._client.connection_pool.disconnect()
+            self._primary = primary
+        return self._client
+
+    def close(self) -> None:
+        self._client.close()
+        for client in self._sentinels.sentinels if self._sentinels is not None else ():
+            client.close()
 
 
 class RedisPortAllocator(PairRange):
@@ -442,8 +578,8 @@ class RedisPortAllocator(PairRange):
         self.key = f"{opts.prefix}:ports:{first}-{last}"
         self.alive_prefix = f"{opts.prefix}:alive:"
         self.blocks = ((last - first) // 2) // BLOCK_PAIRS + 1
-        self._redis = redis.Redis.from_url(opts.url, **{**opts.kwargs(), "socket_timeout": 1})
-        self._lease = self._redis.register_script(_LEASE)
+        self._primary = SyncPrimary(opts, socket_timeout=1)
+        self._lease = self._primary.script(_LEASE)
         self._own: set[int] = set()                # block indexes leased to this node
         self._free: list[int] = []                 # free even ports in own blocks
         self._down_until = 0.0
@@ -453,7 +589,7 @@ class RedisPortAllocator(PairRange):
     def _reclaim(self) -> None:
         """After a restart, the blocks this node held are its own again."""
         try:
-            owners = self._redis.hgetall(self.key)
+            owners = self._primary.client().hgetall(self.key)
         except redis.RedisError as exc:
             self._failed(exc)
             return
@@ -480,9 +616,10 @@ class RedisPortAllocator(PairRange):
         if time.monotonic() < self._down_until:
             return False
         try:
-            self._redis.set(self.alive_prefix + self.node, "1", ex=HEARTBEAT_TTL)
+            conn = self._primary.client()
+            conn.set(self.alive_prefix + self.node, "1", ex=HEARTBEAT_TTL)
             idx = int(self._lease(keys=[self.key],
-                                  args=[self.node, self.blocks, self.alive_prefix]))
+                                  args=[self.node, self.blocks, self.alive_prefix], client=conn))
         except redis.RedisError as exc:
             self._failed(exc)
             return False
@@ -522,4 +659,4 @@ class RedisPortAllocator(PairRange):
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self._redis.close()
+            self._primary.close()

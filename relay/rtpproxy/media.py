@@ -91,6 +91,10 @@ class MediaEngine:
         self.recorder: Callable[[str, tuple[str, int], tuple[str, int], bytes, float],
                                 None] | None = None
         self._unsubscribe = table.subscribe(self.on_change)
+        # sessions the table held before the engine existed: a cluster node fills its table
+        # from the shared state before relay mode starts (at a start or a restart)
+        for session in table:
+            self._wire(session)
 
     # -- port source (used by the controller) -------------------------------------------------
     def open_pair(self, local: str) -> int:

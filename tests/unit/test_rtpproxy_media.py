@@ -247,6 +247,31 @@ def test_a_session_from_another_node_opens_the_same_ports(engine: Engine) -> Non
     asyncio.run(main())
 
 
+def test_sessions_in_the_table_before_the_engine_are_relayed(engine: Engine) -> None:
+    """A cluster node that (re)starts learns the sessions from the shared state before its
+    media engine exists: the engine opens their ports when it starts, not only on a change."""
+    async def main() -> None:
+        n1 = Node(engine, name="n1")
+        a, b = Peer(CALLER), Peer(CALLEE)
+        to_b_side, to_a_side = setup_call(n1, a, b)
+        a.send(to_a_side, 1)
+        await b.recv(1)
+        record = n1.session().to_dict()
+        n1.engine.close()
+        n2 = Node(engine, name="n2", first=n1.first)
+        n2.engine.close()                       # the node's engine is made after its table
+        assert n2.table.apply_remote(Change("create", Session.from_dict(record)))
+        n2.engine = engine(n2.table, n2.allocator)
+        assert n2.allocator.in_use == 2
+        a.send(to_a_side, 2)
+        got = await b.recv(2)
+        assert {src for _, src in got} == {to_b_side}
+        n2.close()
+        for peer in (a, b):
+            peer.close()
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("n_calls", [20])
 def test_many_concurrent_sessions(n_calls: int) -> None:
     async def main() -> None:
