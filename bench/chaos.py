@@ -528,7 +528,9 @@ def _partition(c: ChaosLab, opts: Options, res: Result) -> float:
     return span
 
 
-def _sentinel(c: ChaosLab, opts: Options, res: Result) -> float:
+def _failover(c: ChaosLab, opts: Options, res: Result, switchover: bool) -> float:
+    """The primary goes away: SIGKILLed (Sentinel elects the replica), or demoted by SENTINEL
+    FAILOVER (it stays up and takes writes until Sentinel reconfigures it)."""
     span = opts.lead + opts.failover + opts.tail
     new = f"{c.replica_host.ip4}:{REDIS_PORT}"
     old = f"{c.redis_host.ip4}:{REDIS_PORT}"
@@ -538,7 +540,11 @@ def _sentinel(c: ChaosLab, opts: Options, res: Result) -> float:
         t_end = time.monotonic() + span
         time.sleep(opts.lead)
         t0, t0_mono = time.time(), time.monotonic()
-        c.stop_redis("primary", signal.SIGKILL)
+        if switchover:
+            c.replica_host.run(["redis-cli", "-p", str(SENTINEL_PORT), "sentinel",
+                                "failover", MASTER])
+        else:
+            c.stop_redis("primary", signal.SIGKILL)
         c.lab.move(2)
         res.recover = c.recovery(t0, 20, primary=new, extra=lambda: (
             c.redis_count(c.replica_host, "anytun:rec:endpoint") == 2))
@@ -547,12 +553,16 @@ def _sentinel(c: ChaosLab, opts: Options, res: Result) -> float:
             res.primary = new
         c.lab.move(1)
         time.sleep(max(0.0, t0_mono + opts.failover - time.monotonic()))
-        promoted = c.sentinel_view()
-        named = promoted[0] if promoted else "?"
-        tries, aborted = c.elections()
-        res.notes.append(f"primary {old} SIGKILLed; the Sentinels named {named} ({tries} "
-                         f"failover attempt(s), {aborted} without a leader); "
-                         "recovered = both nodes' tunnel and relay processes "
+        if switchover:
+            what = f"SENTINEL FAILOVER: {old} demoted to a replica (still running), {new} " \
+                "promoted"
+        else:
+            promoted = c.sentinel_view()
+            tries, aborted = c.elections()
+            what = f"primary {old} SIGKILLed; the Sentinels named " \
+                f"{promoted[0] if promoted else '?'} ({tries} failover attempt(s), " \
+                f"{aborted} without a leader)"
+        res.notes.append(f"{what}; recovered = both nodes' tunnel and relay processes "
                          f"connected to the promoted replica {new}, which holds the records; "
                          "route 1->2->1 meanwhile")
         seen = results()
@@ -560,32 +570,12 @@ def _sentinel(c: ChaosLab, opts: Options, res: Result) -> float:
     return span
 
 
+def _sentinel(c: ChaosLab, opts: Options, res: Result) -> float:
+    return _failover(c, opts, res, switchover=False)
+
+
 def _switchover(c: ChaosLab, opts: Options, res: Result) -> float:
-    span = opts.lead + opts.failover + opts.tail
-    new = f"{c.replica_host.ip4}:{REDIS_PORT}"
-    old = f"{c.redis_host.ip4}:{REDIS_PORT}"
-    if not (c.connected(1, old) and c.connected(2, old)):
-        raise LabError("the nodes are not on the first primary before the failover")
-    with c.traffic(span) as results:
-        t_end = time.monotonic() + span
-        time.sleep(opts.lead)
-        t0, t0_mono = time.time(), time.monotonic()
-        c.replica_host.run(["redis-cli", "-p", str(SENTINEL_PORT), "sentinel", "failover",
-                            MASTER])
-        c.lab.move(2)
-        res.recover = c.recovery(t0, 20, primary=new, extra=lambda: (
-            c.redis_count(c.replica_host, "anytun:rec:endpoint") == 2))
-        res.recovered = res.recover is not None
-        if res.recovered:
-            res.primary = new
-        c.lab.move(1)
-        time.sleep(max(0.0, t0_mono + opts.failover - time.monotonic()))
-        res.notes.append(f"SENTINEL FAILOVER: {old} demoted to a replica (still running), "
-                         f"{new} promoted; recovered = both nodes' tunnel and relay processes "
-                         f"on {new}, which holds the records; route 1->2->1 meanwhile")
-        seen = results()
-    _fill(res, seen, span, t_end)
-    return span
+    return _failover(c, opts, res, switchover=True)
 
 
 def _skew(c: ChaosLab, opts: Options, res: Result) -> float:

@@ -21,7 +21,6 @@ import hashlib
 import ipaddress
 import logging
 import os
-import resource
 import socket
 import stat
 from collections import OrderedDict
@@ -35,6 +34,7 @@ from relay.rtpproxy.recording import Recordings
 from relay.rtpproxy.sessions import Change, SessionTable
 from relay.rtpproxy.settings import ControlSpec, RelayConfig
 from relay.runtime.errors import ConfigError
+from relay.runtime.fdlimit import raise_open_files
 from relay.runtime.slots import WaitingClients
 
 log = logging.getLogger("anytun-relay.rtpproxy")
@@ -382,15 +382,8 @@ def _check_relay_address(addr: str) -> None:
 
 def _raise_file_limit(needed: int) -> None:
     """Every port pair is two sockets: make room for the whole range if the system allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    if soft != resource.RLIM_INFINITY and soft < needed:
+    soft = raise_open_files(needed)
+    if soft is not None and soft < needed:
         log.warning("the open-file limit (%d) is below what the port range needs (%d): about "
                     "%d port pairs can be open; raise it (ulimit -n, LimitNOFILE=) or shrink "
                     "--rtp-ports", soft, needed, max(0, (soft - 256) // 2))

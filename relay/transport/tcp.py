@@ -16,6 +16,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from relay.runtime.fdlimit import raise_open_files
 from relay.transport import Deliver
 from relay.transport.framing import Deframer, frame
 from relay.transport.remote import Remote
@@ -290,16 +291,7 @@ def _stream_limit() -> int:
     with EMFILE would turn away the clients that prove themselves too. A stream takes two fds
     while the C data plane adopts it (asyncio's and the dup). The soft limit is raised to the
     hard one as far as the streams need."""
-    import resource
-    need = 2 * MAX_STREAMS + FD_RESERVE
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < need:
-        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    if soft == resource.RLIM_INFINITY:
+    soft = raise_open_files(2 * MAX_STREAMS + FD_RESERVE)
+    if soft is None:
         return MAX_STREAMS
     return max(8, min(MAX_STREAMS, (soft - FD_RESERVE) // 2))
