@@ -81,3 +81,25 @@ def test_broken_traffic_fails_the_soak() -> None:
     assert traffic_failures({"calls": good}, {"sent": 10, "received": 10}) == []
     assert traffic_failures({"calls": bad}, {})[0].startswith("calls: 0/10")
     assert traffic_failures({"calls": good}, {"sent": 10, "received": 5})
+
+
+def test_the_redis_state_script_counts_keys_live_records_and_tombstones() -> None:
+    """STATE_LUA against a real Redis holding the backend's layout."""
+    from bench.soak import STATE_LUA
+    from tests.cluster_redis import RedisServer
+    from tests.conftest import require_program
+
+    srv = RedisServer(require_program("redis-server")).start()
+    try:
+        r = srv.client()
+        r.hset("media:ord:session", mapping={"a": "0000000000000001 n1 0",
+                                             "b": "0000000000000002 n1 1",
+                                             "c": "0000000000000003 n2 1"})
+        r.hset("media:rec:session", mapping={"a": "{}", "b": "{}", "c": "{}"})
+        r.hset("media:rec:progress", mapping={"1@n1": "{}", "2@n1": "{}"})
+        r.set("media:alive:n1", "1")
+        r.hset("other:ord:session", mapping={"x": "0000000000000001 n1 1"})
+        assert [int(x) for x in r.eval(STATE_LUA, 0, "media")] == [4, 3, 2]
+        assert [int(x) for x in r.eval(STATE_LUA, 0, "nothing")] == [0, 0, 0]
+    finally:
+        srv.stop()
