@@ -287,7 +287,7 @@ class Soak:
         self.daemons: dict[str, Daemon] = {}
         self.clients: dict[int, Daemon] = {}
         self.checks = {k: Counts() for k in ("hub reload", "hub clients", "roam", "calls",
-                                             "tunnel transfer")}
+                                             "tunnel transfer", "client starts")}
         self.roamed = False
         self.pinger: subprocess.Popen | None = None
 
@@ -325,7 +325,8 @@ class Soak:
         roamer = self.lab.clients[1]
         roamer.run(["ip", "addr", "add", f"{self.roam_addr(roamer)}/24", "dev", "eth0"])
         for mux in (1, 2, 3):
-            self.start_client(mux)
+            if not self.start_client(mux):
+                raise SoakError(f"hub client {mux} does not start")
             if not ping_until(self.lab.clients[mux - 1], "10.6.0.1", 15):
                 raise SoakError(f"hub client {mux} does not reach the hub")
 
@@ -333,12 +334,27 @@ class Soak:
     def roam_addr(node: Node) -> str:
         return node.ip4.rsplit(".", 1)[0] + ".3"
 
-    def start_client(self, mux: int) -> None:
+    def start_client(self, mux: int) -> bool:
+        """Start client `mux`'s uanytun. uanytun itself sometimes fails to attach the device
+        just after its previous instance closed it (EBADFD): one retry, then the attempt counts
+        as failed and the soak goes on."""
         node = self.lab.clients[mux - 1]
-        self.clients[mux] = Daemon(f"client {mux}", node, [
-            "uanytun", "-D", "-L", "stdout:3", "-m", str(mux), "-E", f"soak-{mux}", "-e",
-            "client", "-r", AA4, "-d", HUB_DEV, "-t", "tun", "-n", f"10.6.{mux}.2/16"],
-            self.tmp / f"client{mux}.log").start(HUB_DEV, f"10.6.{mux}.2")
+        for attempt in range(2):
+            client = Daemon(f"client {mux}", node, [
+                "uanytun", "-D", "-L", "stdout:3", "-m", str(mux), "-E", f"soak-{mux}", "-e",
+                "client", "-r", AA4, "-d", HUB_DEV, "-t", "tun", "-n", f"10.6.{mux}.2/16"],
+                self.tmp / f"client{mux}.log")
+            try:
+                self.clients[mux] = client.start(HUB_DEV, f"10.6.{mux}.2")
+                self.checks["client starts"].add(True, "")
+                return True
+            except (SoakError, LabError) as exc:
+                client.stop()
+                if attempt:
+                    self.checks["client starts"].add(False, str(exc).splitlines()[0])
+                    return False
+                time.sleep(1)
+        return False
 
     def stop_client(self, mux: int) -> None:
         client = self.clients.pop(mux, None)
@@ -359,10 +375,8 @@ class Soak:
         except LabError as exc:
             self.checks["hub reload"].add(False, f"cycle {cycle}: {exc}")
         self.stop_client(1)  # client 1 goes away and comes back
-        self.start_client(1)
-        if 3 in muxes:
-            self.start_client(3)
-        for mux in (1, 3) if 3 in muxes else (1,):
+        started = [m for m in ((1, 3) if 3 in muxes else (1,)) if self.start_client(m)]
+        for mux in started:
             self.checks["hub clients"].add(
                 ping_until(self.lab.clients[mux - 1], "10.6.0.1"),
                 f"cycle {cycle}: client {mux} does not reach the hub after (re)connecting")
