@@ -56,10 +56,20 @@ class ReplyCache:
             return None
         return item[2]
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def put(self, key: tuple, data: bytes, reply: bytes, now: float) -> None:
         self._items[key] = (now, data, reply)
         self._items.move_to_end(key)
         while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        # oldest first (put order): stale replies go at once instead of filling the cache
+        # to its size (a proxy that sends from a new port each time never asks for them)
+        while self._items:
+            oldest = next(iter(self._items.values()))
+            if now - oldest[0] <= self.ttl:
+                break
             self._items.popitem(last=False)
 
 
