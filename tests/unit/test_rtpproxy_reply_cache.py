@@ -31,3 +31,17 @@ def test_the_size_bounds_a_burst() -> None:
     assert len(cache) == 16
     assert cache.get(("10.0.0.1", 99, b"c"), b"c V", 5.0) == b"r"
     assert cache.get(("10.0.0.1", 0, b"c"), b"c V", 5.0) is None
+
+
+def test_the_cache_keeps_no_reference_to_the_received_datagram() -> None:
+    """The received bytes object may sit in a page of its own (read into a large buffer and
+    shrunk): the cache remembers a digest, so a datagram is freed once answered."""
+    import sys
+
+    cache = ReplyCache(size=8, ttl=30)
+    data = b"c1 V " + bytes(range(50))
+    before = sys.getrefcount(data)
+    cache.put(("10.0.0.1", 5060, b"c1"), data, b"c1 20040107", 1.0)
+    assert sys.getrefcount(data) == before
+    assert cache.get(("10.0.0.1", 5060, b"c1"), b"c1 V " + bytes(range(50)), 2.0) \
+        == b"c1 20040107"
