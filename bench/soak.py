@@ -624,7 +624,11 @@ def main(argv: list[str] | None = None) -> int:
           + (f", tunnel pings {result['tunnel_pings'].get('received')}/"
              f"{result['tunnel_pings'].get('sent')}" if result["tunnel_pings"] else ""))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        try:
+            Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        except OSError as exc:
+            print(f"soak: cannot write {args.json}: {exc.strerror}", file=sys.stderr)
+            return 2
     if result["failures"]:
         print("soak: FAILED\n  " + "\n  ".join(result["failures"]), file=sys.stderr)
         return 1
