@@ -29,7 +29,7 @@ APT_DEB := $(APT_RUNTIME) python3-dev dpkg-dev
 APT_DEMO := $(APT_RUNTIME) uanytun kamailio sip-tester redis-server redis-sentinel bird2 exabgp
 
 .PHONY: help deps-runtime deps-test deps-bench deps-demo venv build install demo test test-unit lint \
-	bench chaos fuzz clean deb deps-deb
+	bench chaos fuzz soak clean deb deps-deb
 
 help:
 	@echo "make demo     install what is needed and run the anycast lab demo"
@@ -39,6 +39,8 @@ help:
 	@echo "make chaos    chaos scenarios against a two-node cluster (CHAOS_ARGS=--help for options)"
 	@echo "make fuzz     fuzz every harness for FUZZ_SECONDS each (default 60); findings go to"
 	@echo "              fuzz/regressions/ (python -m fuzz --help for one harness, merging)"
+	@echo "make soak     tunnel, churning hub and relay calls for SOAK_MINUTES (default 30); fails"
+	@echo "              if RSS, fds or Redis state drift (python -m bench.soak --help)"
 	@echo "make install  install the commands, libaarp.so, units, man pages (PREFIX, DESTDIR)"
 	@echo "make deb      build the Debian package into dist/"
 
@@ -104,6 +106,12 @@ chaos: deps-test build
 FUZZ_SECONDS ?= 60
 fuzz: deps-test build
 	$(PY) -m fuzz run --seconds $(FUZZ_SECONDS)
+
+# Soak (bench/soak.py): every daemon kind under churn for SOAK_MINUTES; the drift of RSS, open
+# fds and Redis state per hour after the warm-up, against stated bounds.
+SOAK_MINUTES ?= 30
+soak: deps-test build
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES)
 
 # System-wide: a private venv under $(PREFIX)/lib/anycast-toolkit, the commands linked into
 # $(PREFIX)/bin, libaarp.so in $(LIBDIR) (so the literal LD_PRELOAD=libaarp.so CMD works), the

@@ -36,6 +36,7 @@ class MemoryBackend:
     """One node: the store is the whole truth; nothing to send, nothing to receive."""
 
     name = "memory"
+    shares_state = False   # no other node: tombstones of ended calls need not be kept
 
     def __init__(self) -> None:
         self.store: Store | None = None

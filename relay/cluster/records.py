@@ -280,6 +280,13 @@ class Store:
         self._notify(rec, old)
         return rec
 
+    def forget(self, kind: str, key: str) -> None:
+        """Drop the tombstone of (kind, key), for a store that nobody else merges with: it
+        has no older version to beat, and kept for the grace period it is only memory."""
+        rec = self._records.get((kind, key))
+        if rec is not None and rec.data is None:
+            del self._records[(kind, key)]
+
     def apply(self, rec: Record) -> Record | None:
         """Merge a record from elsewhere; returns the new local copy if it changed."""
         self.observe(rec.version)

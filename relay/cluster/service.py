@@ -186,6 +186,9 @@ class ClusterSync:
         rec = self.store.delete(kind, key, _ms(self.clock))
         if rec is not None:
             self.backend.publish(rec)
+            if kind == "session" and not getattr(self.backend, "shares_state", True):
+                self.store.forget(kind, key)  # a node alone: one ended call, no record left
+                return
             self._deletes += 1
             if self._deletes % PURGE_EVERY == 0:   # tombstones of ended calls, removed routes
                 self.store.purge_tombstones(_ms(self.clock), self.tombstone_grace_ms)
@@ -256,7 +259,8 @@ class ClusterSync:
         elif change.kind == "delete":
             if change.reason == "shutdown":
                 return
-            if change.reason == "timeout":
+            # alone (nothing shared), no other node carries the call: a timeout ends it here
+            if change.reason == "timeout" and getattr(self.backend, "shares_state", True):
                 rec = self.store.get("session", key)
                 touched = rec.data.get("touched", 0) if rec and rec.data else 0
                 st_timeout = next((t.timeout for t in self.sessions), 60)

@@ -34,7 +34,7 @@ from typing import Any
 from relay.rtpproxy import bencode, sdp
 from relay.rtpproxy import protocol as p
 from relay.rtpproxy.commands import Controller, family
-from relay.rtpproxy.sessions import Party, Session
+from relay.rtpproxy.sessions import Change, Party, Session
 
 log = logging.getLogger("anytun-relay.ng")
 
@@ -139,7 +139,10 @@ class NgController:
         self.counts: dict[str, int] = {}
         self.errors = 0
         self._deleted: OrderedDict[str, float] = OrderedDict()
-        self._labels: dict[tuple[str, str], str] = {}
+        self._labels: dict[str, dict[str, str]] = {}   # call id -> tag -> label
+        # a call can end without a delete (its sessions time out, a peer node deletes them):
+        # its labels go with its last session, or they would pile up with every call
+        self.table.subscribe(self._on_change)
 
     # -- entry point ------------------------------------------------------------------------------
     def execute(self, message: bencode.Value, now: float) -> dict[str, Any]:
@@ -215,7 +218,7 @@ class NgController:
             raise
         label = req.ident("label")
         if label:
-            self._labels[(call_id, to_tag if answer else from_tag)] = label
+            self._labels.setdefault(call_id, {})[to_tag if answer else from_tag] = label
         self._deleted.pop(call_id, None)
         if record_on:
             self._set_recording(call_id, True)
@@ -354,9 +357,15 @@ class NgController:
             self.table.remove(s, "deleted")
         if not self.table.of_call(call_id):
             self._deleted[call_id] = now
-            self._labels = {k: v for k, v in self._labels.items() if k[0] != call_id}
+            self._labels.pop(call_id, None)
         self._forget_deleted(now)
         return reply
+
+    def _on_change(self, change: Change) -> None:
+        call_id = change.session.call_id
+        if change.kind == "delete" and call_id in self._labels \
+                and not self.table.of_call(call_id):
+            del self._labels[call_id]
 
     def _forget_deleted(self, now: float) -> None:
         while self._deleted:
@@ -390,7 +399,7 @@ class NgController:
                 entry = tags.setdefault(party.tag, {"tag": party.tag,
                                                     "created": int(wall - (now - s.created)),
                                                     "medias": []})
-                label = self._labels.get((call_id, party.tag))
+                label = self._labels.get(call_id, {}).get(party.tag)
                 if label:
                     entry["label"] = label
                 entry["medias"].append(_media(s, party))

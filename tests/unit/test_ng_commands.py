@@ -273,3 +273,18 @@ def test_undecodable_datagrams_get_an_error(data: bytes, reason: str) -> None:
 def test_oversized_datagram() -> None:
     reply, refused = ng.handle_datagram(Relay().ng, b"c1 d3:sdp" + b"x" * 70000, 0.0)
     assert reply.startswith(b"c1 ") and refused and "at most 65535" in refused
+
+
+def test_labels_of_calls_that_end_without_a_delete_are_forgotten() -> None:
+    """A call whose sessions time out (the phones vanished, no BYE) or are removed by the
+    table leaves no label behind: the soak's per-call state must not grow with the calls."""
+    r = Relay()
+    for i in range(20):
+        r.offer(sdp(A, 6000), call=f"gone-{i}", label="alice")
+        r.answer(sdp(B, 7000), call=f"gone-{i}", label="bob")
+    assert sum(len(tags) for tags in r.ng._labels.values()) == 40
+    r.table.expire(r.now + r.table.timeout + 1)
+    assert len(r.table) == 0 and r.ng._labels == {}
+    r.offer(sdp(A, 6000), call="kept", label="carol")  # a live call keeps its label
+    r.table.clear("shutdown")
+    assert r.ng._labels == {}
