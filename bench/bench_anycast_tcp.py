@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench.common import row, seconds
 from lab import AA4, AnycastLab
-from lab.netns import stop_process
+from lab.netns import stop_process, wait_for
 from lab.services import wait_port
 
 REDIS_PORT = 6395
@@ -54,14 +54,6 @@ def _status(node, dev: str) -> dict | None:
                     timeout=20)
     return json.loads(proc.stdout) if proc.returncode == 0 else None
 
-
-def _wait(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 class Bench:
@@ -89,8 +81,8 @@ class Bench:
             f"redis://{self.host.ip4}:{REDIS_PORT}/0", "--sync-node", f"s{j}",
             "--cluster-key-file", str(self.key), "--anycast-tcp", node.ip4],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(lambda: (_status(node, "tun7") or {}).get("anycast_tcp") is not None, 20,
-              f"node {j}")
+        wait_for(lambda: (_status(node, "tun7") or {}).get("anycast_tcp") is not None, 20,
+                 f"node {j}")
 
     def kill_node(self, j: int) -> None:
         proc = self.nodes.pop(j)
@@ -108,17 +100,17 @@ class Bench:
                                "-m", str(m), "-E", f"pass-{m}", "-e", "client", "-d",
                                "tun8", "-n", f"10.8.{m}.2/16"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(lambda: c.run(["ping", "-c1", "-W1", "10.8.0.1"], check=False).returncode == 0,
-              20, f"the {transport} tunnel")
+        wait_for(lambda: c.run(["ping", "-c1", "-W1", "10.8.0.1"], check=False).returncode == 0,
+                 20, f"the {transport} tunnel")
         # the control socket may come up after the first packets pass
-        _wait(lambda: _status(c, "tun8") is not None, 10, "the client's status")
+        wait_for(lambda: _status(c, "tun8") is not None, 10, "the client's status")
 
     def stop_client(self) -> None:
         if self.client is not None:
             stop_process(self.client)
             self.client = None
-            _wait(lambda: self.lab.client.run(["ip", "link", "show", "tun8"],
-                                              check=False).returncode != 0, 10, "tun8 to go")
+            wait_for(lambda: self.lab.client.run(["ip", "link", "show", "tun8"],
+                                                 check=False).returncode != 0, 10, "tun8 to go")
 
     def move(self, j: int) -> None:
         self.lab.move(j)

@@ -57,7 +57,7 @@ from pathlib import Path
 
 from lab import AA4, AnycastLab
 from lab import sip as labsip
-from lab.netns import LabError, stop_process
+from lab.netns import LabError, stop_process, wait_for
 from lab.services import wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,16 +133,6 @@ def node_toml(j: int) -> str:
             f'ifconfig = ["10.8.0.1/16"]\n\n[defaults]\nrole = "server"\n\n{conns}')
 
 
-def _wait(cond: Callable[[], object], timeout: float, what: str,
-          interval: float = 0.05) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(interval)
-    raise LabError(f"timed out after {timeout:g}s waiting for {what}")
-
 
 class ChaosLab:
     """One scenario's lab: Redis (or Sentinel), two nodes, clients, traffic."""
@@ -187,9 +177,9 @@ class ChaosLab:
                                                     stdout=subprocess.DEVNULL,
                                                     stderr=subprocess.DEVNULL)
             wait_port(host, SENTINEL_PORT)
-        _wait(lambda: self.sentinel_view() == (self.redis_host.ip4, 1), 15,
-              "the Sentinels to see the primary and its replica")
-        _wait(lambda: "master_link_status:up" in self.replica_host.run(
+        wait_for(lambda: self.sentinel_view() == (self.redis_host.ip4, 1), 15,
+                 "the Sentinels to see the primary and its replica")
+        wait_for(lambda: "master_link_status:up" in self.replica_host.run(
             ["redis-cli", "-p", str(REDIS_PORT), "info", "replication"]).stdout, 15,
             "the replica's first sync")
 
@@ -244,7 +234,7 @@ class ChaosLab:
                          f"r{j}", "--sync-cluster", "media"],
                         env=self._env(j), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.nodes[j] = [tunnel, relay]
-        _wait(lambda: self.cluster_status(j) is not None, 20, f"node {j}'s control socket")
+        wait_for(lambda: self.cluster_status(j) is not None, 20, f"node {j}'s control socket")
         wait_port(s, 22222, "udp")
 
     def skew_of(self, j: int) -> float:
@@ -330,13 +320,13 @@ class ChaosLab:
             c.popen(["uanytun", "-D", "-L", "stdout:2", "-m", str(m), "-E", f"pass-{m}",
                      "-e", "client", "-r", AA4, "-d", "tun8", "-n", f"10.8.{m}.2/16"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            _wait(lambda c=c: c.run(["ip", "link", "show", "tun8"], check=False).returncode == 0,
-                  15, f"tun8 on client {m}")
+            wait_for(lambda c=c: c.run(["ip", "link", "show", "tun8"], check=False).returncode == 0,
+                     15, f"tun8 on client {m}")
         for c, addr in ((self.lab.clients[0], "10.8.0.1"), (self.lab.clients[1], "10.8.0.1"),
                         (self.lab.clients[0], "10.8.2.2")):
-            _wait(lambda c=c, addr=addr: c.run(["ping", "-n", "-c1", "-W1", addr],
-                                               check=False).returncode == 0, 15,
-                  f"a ping to {addr} from {c.name}")
+            wait_for(lambda c=c, addr=addr: c.run(["ping", "-n", "-c1", "-W1", addr],
+                                                  check=False).returncode == 0, 15,
+                     f"a ping to {addr} from {c.name}")
 
     # -- traffic -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -363,7 +353,7 @@ class ChaosLab:
             calls.append((call, to_caller, to_callee, port))
         for _call, to_caller, _to_callee, _port in calls:   # both nodes hold both sessions
             for j in (1, 2):
-                _wait(lambda j=j, p=to_caller: f":{p} " in self.lab.server(j).run(
+                wait_for(lambda j=j, p=to_caller: f":{p} " in self.lab.server(j).run(
                     ["ss", "-Huan"]).stdout, 10, f"node {j} to open relay port {to_caller}")
         phones = []
         for _call, to_caller, to_callee, port in calls:
@@ -635,7 +625,7 @@ def run_scenario(name: str, opts: Options) -> Result:
             for j in (1, 2):
                 c.start_node(j)
             for j in (1, 2):
-                _wait(lambda j=j: c.connected(j), 15, f"node {j} to reach Redis")
+                wait_for(lambda j=j: c.connected(j), 15, f"node {j} to reach Redis")
             # client 2 attaches through node 2, client 1 through node 1; then both on node 1
             lab.move(2, client=2)
             c.start_clients()

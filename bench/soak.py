@@ -39,6 +39,7 @@ from bench.common import machine_summary
 from bench.drift import MIB, Limit, Verdict, after_warmup, judge, table
 from lab import AA4, AnycastLab, LabError, Node, stop_process
 from lab import sip as labsip
+from lab.netns import wait_for
 
 RELAY = [sys.executable, "-m", "relay"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,17 +155,6 @@ def fds(pid: int) -> int:
             total += len(os.listdir(f"/proc/{p}/fd"))
     return total
 
-
-def wait_for(cond: Callable[[], object], timeout: float, what: str,
-             interval: float = 0.1) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise LabError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def ping(node: Node, addr: str, count: int = 1, wait: float = 1.0) -> int:

@@ -15,8 +15,9 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 PREFIX = "alab"
 _NAME_RE = re.compile(rf"^{PREFIX}-(\d+)-")
@@ -24,6 +25,20 @@ _NAME_RE = re.compile(rf"^{PREFIX}-(\d+)-")
 
 class LabError(RuntimeError):
     """A lab command failed; the message holds the command and its stderr."""
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 10, what: str = "condition",
+             interval: float = 0.05) -> Any:
+    """cond()'s first true value, asked at least once and then every `interval` until
+    `timeout` seconds have passed; LabError after that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
 
 
 def sh(argv: Sequence[str], *, check: bool = True, timeout: float = 30,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from lab import AnycastLab, Node
-from lab.netns import LabError, stop_process
+from lab.netns import LabError, stop_process, wait_for
 from tests.conftest import require, require_program
 
 RELAY = [sys.executable, "-m", "relay"]
@@ -47,15 +47,6 @@ c.sendall(data); c.close()
 print(size, hashlib.sha256(data).hexdigest())
 """
 
-
-def wait_for(cond, timeout: float = 10, what: str = "condition", interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(interval)
-    raise LabError(f"timed out after {timeout}s waiting for {what}")
 
 
 def device_ready(node: Node, dev: str, addr: str | None = None) -> bool:
