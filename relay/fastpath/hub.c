@@ -707,7 +707,9 @@ int fp_hub_stream_drop(fp_hub *h, uint32_t id) {
 int fp_hub_stream_stats(fp_hub *h, uint32_t id, uint64_t *out, size_t n) {
     pthread_mutex_lock(&h->ctl_lock);
     hub_stream *s = hub_stream_get(h, id);
-    int k = s && !atomic_load(&s->dead) ? fp_framing_stats(s->framing, s->fstate, out, n) : -1;
+    int k = -1;
+    if (s && !atomic_load(&s->dead))
+        k = s->framing->stats ? s->framing->stats(s->fstate, out, n) : 0;
     pthread_mutex_unlock(&h->ctl_lock);
     return k;
 }

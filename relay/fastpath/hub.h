@@ -136,12 +136,13 @@ typedef struct fp_framing {
     /* Optional: bytes to send when the stream was quiet (keep-alive); 0 for none. Called by
      * the owning worker about every 100 ms. */
     size_t (*idle)(void *state, uint64_t now_ns, uint64_t last_tx_ns, uint8_t *out, size_t cap);
+    /* Optional: the framing's figures for a stream (fp_hub_stream_stats' order); how many
+     * were written. */
+    int (*stats)(const void *state, uint64_t *out, size_t n);
 } fp_framing;
 
 /* The framing registered for an FP_FRAMING_* id, NULL if none. */
 const fp_framing *fp_framing_get(int id);
-/* Its figures for a stream (fp_hub_stream_stats' order); how many were written. */
-int fp_framing_stats(const fp_framing *f, const void *state, uint64_t *out, size_t n);
 
 /* ---- the hub's objects (hub.c: tables and control, hub_core.c: decisions, hub_io.c) ------- */
 

@@ -44,6 +44,7 @@ static const fp_framing LENGTH = {
     .encode = length_encode,
     .decode = length_decode,
     .idle = NULL,
+    .stats = NULL,
 };
 
 /* --transport anycast-tcp: the frames of anycast_framing.c (relay/transport/anycast_framing.py
@@ -107,24 +108,7 @@ static size_t anycast_idle(void *state, uint64_t now_ns, uint64_t last_tx_ns, ui
     return fp_atcp_keepalive(out, st->own_ms);
 }
 
-static const fp_framing ANYCAST = {
-    .name = "anycast",
-    .header_len = FP_ATCP_HEADER,
-    .state_size = sizeof(anycast_state),
-    .init = anycast_init,
-    .encode = anycast_encode,
-    .decode = anycast_decode,
-    .idle = anycast_idle,
-};
-
-static const fp_framing *const FRAMINGS[] = {
-    [FP_FRAMING_LENGTH] = &LENGTH,
-    [FP_FRAMING_ANYCAST] = &ANYCAST,
-};
-
-int fp_framing_stats(const fp_framing *f, const void *state, uint64_t *out, size_t n) {
-    if (f != &ANYCAST)
-        return 0;
+static int anycast_stats(const void *state, uint64_t *out, size_t n) {
     const anycast_state *st = state;
     uint64_t v[4] = {st->codec.resyncs, st->codec.skipped, st->codec.keepalives,
                      st->codec.peer_interval_ms};
@@ -133,6 +117,22 @@ int fp_framing_stats(const fp_framing *f, const void *state, uint64_t *out, size
         out[k] = v[k];
     return (int)k;
 }
+
+static const fp_framing ANYCAST = {
+    .name = "anycast",
+    .header_len = FP_ATCP_HEADER,
+    .state_size = sizeof(anycast_state),
+    .init = anycast_init,
+    .encode = anycast_encode,
+    .decode = anycast_decode,
+    .idle = anycast_idle,
+    .stats = anycast_stats,
+};
+
+static const fp_framing *const FRAMINGS[] = {
+    [FP_FRAMING_LENGTH] = &LENGTH,
+    [FP_FRAMING_ANYCAST] = &ANYCAST,
+};
 
 const fp_framing *fp_framing_get(int id) {
     if (id < 0 || (size_t)id >= sizeof(FRAMINGS) / sizeof(FRAMINGS[0]))
