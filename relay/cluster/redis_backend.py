@@ -369,9 +369,10 @@ class RedisBackend:
         if s is None:
             await asyncio.Event().wait()
             return
+        asking = _sentinel_kwargs(self.opts.kwargs())
         while True:
             for host, port in s.sentinels:
-                client = aioredis.Redis(host=host, port=port, **_sentinel_kwargs(self.opts))
+                client = aioredis.Redis(host=host, port=port, **asking)
                 try:
                     await self._watch_one(client, s.master, f"{host}:{port}")
                 except PrimaryMoved:
@@ -517,15 +518,14 @@ def _redact(url: str) -> str:
     return url
 
 
-def _sentinel_kwargs(opts: RedisOptions) -> dict[str, Any]:
-    """The Sentinels are asked with the same time limits, without the data nodes' password."""
-    kw = opts.kwargs()
+def _sentinel_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    """The Sentinels are asked with the data nodes' time limits, without their password."""
     return {k: v for k, v in kw.items() if k.startswith("socket_")}
 
 
 def _async_sentinel(s: SentinelUrl, opts: RedisOptions) -> Any:
     from redis.asyncio.sentinel import Sentinel
-    return Sentinel(list(s.sentinels), sentinel_kwargs=_sentinel_kwargs(opts))
+    return Sentinel(list(s.sentinels), sentinel_kwargs=_sentinel_kwargs(opts.kwargs()))
 
 
 class SyncPrimary:
@@ -544,8 +544,7 @@ class SyncPrimary:
             return
         from redis.sentinel import Sentinel
         self._sentinels = Sentinel(list(self._s.sentinels),
-                                   sentinel_kwargs={k: v for k, v in kw.items()
-                                                    if k.startswith("socket_")})
+                                   sentinel_kwargs=_sentinel_kwargs(kw))
         self._client = self._sentinels.master_for(self._s.master, db=self._s.db, **kw)
 
     def script(self, lua: str) -> Any:
