@@ -14,10 +14,13 @@ MIB = 1024 * 1024
 class Limit:
     """How much a metric may drift. `per_hour`: the largest slope (units per hour) allowed;
     `window`: the largest fitted growth over the measured window (catches a trend that is
-    small per hour only because the run was short, e.g. one fd more). None: not checked."""
+    small per hour only because the run was short, e.g. one fd more); `most`: the largest
+    value any sample may have (a bound by design, e.g. what a grace period keeps). None: not
+    checked."""
 
     per_hour: float | None = None
     window: float | None = None
+    most: float | None = None
     note: str = ""
 
 
@@ -42,7 +45,8 @@ class Verdict:
                 "samples": self.samples, "first": self.first, "last": self.last,
                 "min": self.low, "max": self.high, "drift_per_hour": self.per_hour,
                 "growth_in_window": self.growth, "limit_per_hour": self.limit.per_hour,
-                "limit_in_window": self.limit.window, "ok": self.ok, "reason": self.reason}
+                "limit_in_window": self.limit.window, "limit_most": self.limit.most,
+                "ok": self.ok, "reason": self.reason}
 
 
 def slope(points: Sequence[tuple[float, float]]) -> float:
@@ -84,6 +88,8 @@ def judge(daemon: str, metric: str, unit: str, points: Sequence[tuple[float, flo
     if limit.window is not None and growth >= limit.window:
         reasons.append(f"grew {fmt(growth, unit)} {unit} in {span:.0f}s (a trend; less than "
                        f"{fmt(limit.window, unit)} allowed)")
+    if limit.most is not None and max(values) > limit.most:
+        reasons.append(f"reached {fmt(max(values), unit)} > {fmt(limit.most, unit)}")
     return Verdict(daemon, metric, unit, len(points), values[0], values[-1], min(values),
                    max(values), per_hour, growth, limit, not reasons, "; ".join(reasons))
 
@@ -102,6 +108,8 @@ def table(verdicts: Sequence[Verdict]) -> str:
         lim = "-" if v.limit.per_hour is None else fmt(v.limit.per_hour, v.unit)
         if v.limit.window is not None:
             lim += f" (<{fmt(v.limit.window, v.unit)} in run)"
+        if v.limit.most is not None:
+            lim += f" (at most {fmt(v.limit.most, v.unit)})"
         rows.append((v.daemon, v.metric, str(v.samples), fmt(v.first, v.unit),
                      fmt(v.last, v.unit), f"{fmt(v.low, v.unit)}..{fmt(v.high, v.unit)}",
                      fmt(v.per_hour, v.unit) if v.unit == "B" else f"{v.per_hour:+.3g}",

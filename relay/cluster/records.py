@@ -16,7 +16,8 @@ number of times, and still end up equal:
   from zero, the same keys resume where they were, also after a delete and re-create;
   progress itself is never deleted (it holds no secret and must not go backwards);
 * deletes are tombstones (data None) that beat every older version and are purged only after
-  a grace period longer than any partition the operator expects.
+  a grace period longer than any partition the operator expects -- except a relay session's,
+  which needs to outlive only a few of its timeouts (SESSION_GRACE_MS, Store.grace_ms).
 
 Record kinds and their data (all JSON values):
 
@@ -47,6 +48,13 @@ KINDS = LWW_KINDS + JOIN_KINDS
 SEQ_SPACE = 1 << 32
 NODE_RE = re.compile(r"\A[A-Za-z0-9._:-]{1,64}\Z")  # \Z: "$" would let a newline through
 DAY_MS = 86_400_000
+# A live relay session is rewritten ("touched") every third of its timeout while it carries
+# media, and one that carries none expires on its own: an older version of an ended call
+# cannot be on its way for longer than a few timeouts. So its tombstone is kept for minutes,
+# not a day (the default timeout is 60 s), and a busy relay does not hold a day of calls.
+SESSION_GRACE_TIMEOUTS = 5
+SESSION_GRACE_MS = SESSION_GRACE_TIMEOUTS * 60_000
+OWN_HORIZON_KINDS = ("session",)   # kinds whose grace differs: purged against their own horizon
 
 
 class RecordError(RelayError, ValueError):
@@ -223,6 +231,13 @@ class Store:
         self._records: dict[tuple[str, str], Record] = {}
         self._clock = 0
         self._listeners: list[Listener] = []
+        # per kind, how long a tombstone is kept at most (the backend's grace applies to the
+        # rest); raised by the relay for a longer session timeout (ClusterSync.attach_sessions)
+        self.grace_ms: dict[str, int] = {"session": SESSION_GRACE_MS}
+
+    def grace(self, kind: str, default_ms: int = DAY_MS) -> int:
+        """How long a tombstone of `kind` is kept."""
+        return min(default_ms, self.grace_ms.get(kind, default_ms))
 
     # -- observing
     def subscribe(self, fn: Listener) -> Callable[[], None]:
@@ -303,24 +318,26 @@ class Store:
         return [c for c in (self.apply(r) for r in records) if c is not None]
 
     def newer_than(self, remote: Mapping[tuple[str, str], Record],
-                   horizon_ms: int = 0) -> list[Record]:
+                   horizons_ms: Mapping[str, int] | None = None) -> list[Record]:
         """Local records the other side lacks or holds in an older version; a record it lacks
-        that is older than its purge horizon is not among them (see forget_purged)."""
+        that is older than its kind's purge horizon is not among them (see forget_purged)."""
+        horizons_ms = horizons_ms or {}
         return [r for r in self._records.values()
                 if merge(remote.get(r.ident), r) != remote.get(r.ident)
-                and not (r.ident not in remote and r.version.stamp < horizon_ms)]
+                and not (r.ident not in remote and r.version.stamp < horizons_ms.get(r.kind, 0))]
 
     def forget_purged(self, remote: Mapping[tuple[str, str], Record],
-                      horizon_ms: int) -> list[Record]:
-        """The other side purged its tombstones older than `horizon_ms`: a live last-writer-wins
-        record it lacks and that is older than that was deleted there while this node did not
-        hear it (a node cut off for longer than the grace period). Delete it here too -- a
+                      horizons_ms: Mapping[str, int]) -> list[Record]:
+        """The other side purged its tombstones older than each kind's horizon (`horizons_ms`,
+        kind -> stamp): a live last-writer-wins record it lacks and that is older than that was
+        deleted there while this node did not hear it (a node cut off for longer than the grace
+        period). Delete it here too -- a
         tombstone of the same version, which wins -- instead of resurrecting it. Returns the
         tombstones that replaced live records."""
         gone = []
         for r in list(self._records.values()):
             if r.data is not None and r.kind in LWW_KINDS and r.ident not in remote \
-                    and r.version.stamp < horizon_ms:
+                    and r.version.stamp < horizons_ms.get(r.kind, 0):
                 tomb = Record(r.kind, r.key, r.version, None)
                 self._records[r.ident] = tomb
                 self._notify(tomb, r)
@@ -328,8 +345,9 @@ class Store:
         return gone
 
     def purge_tombstones(self, now_ms: int, grace_ms: int = DAY_MS) -> int:
+        """Drop the tombstones older than their kind's grace (`grace_ms` unless shorter)."""
         dead = [i for i, r in self._records.items()
-                if r.data is None and r.version.stamp < now_ms - grace_ms]
+                if r.data is None and r.version.stamp < now_ms - self.grace(r.kind, grace_ms)]
         for i in dead:
             del self._records[i]
         return len(dead)

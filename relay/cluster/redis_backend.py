@@ -9,6 +9,7 @@ Layout under a cluster prefix P (default `anytun`):
     P:alive:<node>  heartbeat (expires 30 s after the node stops refreshing it)
     P:ports:<first>-<last>  hash block index -> node (relay-mode port blocks)
     P:purged        stamp (ms): tombstones older than this were purged
+    P:purged:<kind> the same for a kind with a grace of its own (session: minutes)
 
 A write is a Lua script that compares orders and writes + publishes only when the record is
 newer, so Redis always holds the merged state and subscribers hear winners only. Pub/sub may
@@ -18,8 +19,9 @@ repopulates a Redis that restarted empty), and a periodic resync repairs anythin
 While Redis is unreachable the node keeps forwarding with what it knows and says so in
 status(); nothing is queued per record, the resync after reconnecting covers it.
 
-Tombstones are purged from Redis once they are older than the grace period (a day by default;
-any node does it, atomically, at most every purge_interval). P:purged remembers the horizon,
+Tombstones are purged from Redis once they are older than the grace period (a day by default,
+minutes for relay sessions; any node does it, atomically, at most every purge_interval or half
+the shortest grace). P:purged (P:purged:<kind>) remembers the horizon,
 so that nothing older comes back: Redis refuses to (re)create a record older than the horizon,
 and a node that was away longer than the grace period deletes, at its resync, the old live
 records that Redis no longer holds instead of writing them back.
@@ -47,6 +49,7 @@ from relay.cluster.records import (
     KINDS,
     LWW_KINDS,
     NODE_RE,
+    OWN_HORIZON_KINDS,
     Record,
     RecordError,
     Store,
@@ -82,8 +85,9 @@ redis.call('PUBLISH', ARGV[4], ARGV[3])
 return 1
 """
 
-# Purge tombstones older than ARGV[1] (ms): KEYS[1] is P:purged, then (order, record) hash
-# pairs; an order text is "<stamp:016d> <node> <tombstone 0|1>".
+# Purge tombstones older than ARGV[1] (ms): KEYS[1] is the horizon key (P:purged or
+# P:purged:<kind>), then (order, record) hash pairs of the kinds it covers; an order text is
+# "<stamp:016d> <node> <tombstone 0|1>".
 _PURGE = """
 local horizon = tonumber(ARGV[1])
 local n = 0
@@ -185,6 +189,8 @@ class RedisBackend:
         self._ord = {k: f"{p}:ord:{k}" for k in LWW_KINDS}
         self.alive_prefix = f"{p}:alive:"
         self.purged_key = f"{p}:purged"
+        self._purged = {k: f"{p}:purged:{k}" if k in OWN_HORIZON_KINDS else self.purged_key
+                        for k in LWW_KINDS}
         self.store: Store | None = None
         self._on_remote: OnRemote = lambda _r: None
         self._pending: dict[tuple[str, str], Record] = {}
@@ -314,9 +320,9 @@ class RedisBackend:
         merged: dict[tuple[str, str], Record | None] = {}
         for r in remote:
             merged[r.ident] = merge(merged.get(r.ident), r)
-        horizon = int(await conn.get(self.purged_key) or 0)
+        horizons = await self._horizons(conn)
         changed = self.store.apply_all(r for r in merged.values() if r is not None)
-        gone = self.store.forget_purged(merged, horizon)  # type: ignore[arg-type]
+        gone = self.store.forget_purged(merged, horizons)  # type: ignore[arg-type]
         if gone:
             self.forgotten += len(gone)
             log.info("redis sync: %d record(s) were deleted in the cluster while this node "
@@ -325,7 +331,7 @@ class RedisBackend:
         if changed or gone:
             self._on_remote(changed + gone)
         self._pending.clear()
-        for rec in self.store.newer_than(merged, horizon):  # type: ignore[arg-type]
+        for rec in self.store.newer_than(merged, horizons):  # type: ignore[arg-type]
             await self._write(conn, rec)
         # progress: each node's own field holds its joined view; rewrite ours every time
         for rec in list(self.store.snapshot()):
@@ -418,24 +424,43 @@ class RedisBackend:
             if self.opts.resync_interval and self._clock() - last >= self.opts.resync_interval:
                 await self._resync(conn)
                 last = self._clock()
-            if self._clock() - self._last_purge >= self.opts.purge_interval:
+            if self._clock() - self._last_purge >= self._purge_every():
                 await self.purge(conn)
 
+    def _grace_ms(self, kind: str) -> int:
+        default = int(self.opts.tombstone_grace * 1000)
+        return self.store.grace(kind, default) if self.store is not None else default
+
+    def _purge_every(self) -> float:
+        """Seconds between purges: a tombstone outlives its grace by at most half of it."""
+        shortest = min(self._grace_ms(k) for k in LWW_KINDS) / 1000
+        return min(self.opts.purge_interval, shortest / 2)
+
+    async def _horizons(self, conn: aioredis.Redis) -> dict[str, int]:
+        """Each kind's purge horizon (ms) as Redis holds it."""
+        names = sorted(set(self._purged.values()))
+        stamps = dict(zip(names, await conn.mget(names), strict=True))
+        return {k: int(stamps[key] or 0) for k, key in self._purged.items()}
+
     async def purge(self, conn: aioredis.Redis) -> int:
-        """Drop tombstones older than the grace period from Redis (and from the local store)."""
-        self._last_purge = self._clock()
-        horizon = int((self._clock() - self.opts.tombstone_grace) * 1000)
-        keys = [self.purged_key]
-        for kind in LWW_KINDS:
-            keys += [self._ord[kind], self._rec[kind]]
-        n = int(await conn.eval(_PURGE, len(keys), *keys, horizon))
+        """Drop tombstones older than their grace period from Redis (and from the local
+        store), one atomic sweep per horizon key."""
+        self._last_purge = now = self._clock()
+        groups: dict[str, list[str]] = {}
+        for kind, key in self._purged.items():
+            groups.setdefault(key, []).append(kind)
+        n = 0
+        for key, kinds in groups.items():
+            horizon = int(now * 1000) - min(self._grace_ms(k) for k in kinds)
+            keys = [key]
+            for kind in kinds:
+                keys += [self._ord[kind], self._rec[kind]]
+            n += int(await conn.eval(_PURGE, len(keys), *keys, horizon))
         self.purged += n
         if self.store is not None:
-            self.store.purge_tombstones(int(self._clock() * 1000),
-                                        int(self.opts.tombstone_grace * 1000))
+            self.store.purge_tombstones(int(now * 1000), int(self.opts.tombstone_grace * 1000))
         if n:
-            log.info("redis sync: purged %d tombstone(s) older than %gs", n,
-                     self.opts.tombstone_grace)
+            log.info("redis sync: purged %d tombstone(s) past their grace period", n)
         return n
 
     async def _write(self, conn: aioredis.Redis, rec: Record) -> None:
@@ -447,7 +472,7 @@ class RedisBackend:
                 await pipe.execute()
         else:
             await conn.eval(_CAS, 3, self._rec[rec.kind], self._ord[rec.kind],
-                            self.purged_key, rec.key, order_text(rec), data, self.channel,
+                            self._purged[rec.kind], rec.key, order_text(rec), data, self.channel,
                             rec.version.stamp)
         self.written += 1
 

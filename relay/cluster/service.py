@@ -29,7 +29,15 @@ from typing import Any
 
 from relay.cluster.anytun_sync_io import SyncConnector, SyncListener
 from relay.cluster.backend import Backend
-from relay.cluster.records import DAY_MS, Record, Store, progress_data, progress_of
+from relay.cluster.records import (
+    DAY_MS,
+    SESSION_GRACE_MS,
+    SESSION_GRACE_TIMEOUTS,
+    Record,
+    Store,
+    progress_data,
+    progress_of,
+)
 from relay.cluster.secrets import ClusterKey, SecretError
 from relay.rtpproxy.sessions import Change, Session, SessionTable
 from relay.satp import MasterKey, Role, Suite
@@ -102,6 +110,9 @@ class ClusterSync:
         self.sessions.append(table)
         if table.touch_interval is None:
             table.touch_interval = max(1.0, table.timeout / 3)
+        # an ended call's tombstone must outlive a few touches of a live one (records.py)
+        grace = max(SESSION_GRACE_MS, int(SESSION_GRACE_TIMEOUTS * table.timeout * 1000))
+        self.store.grace_ms["session"] = max(self.store.grace_ms.get("session", 0), grace)
 
     # -- lifetime --------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from relay.cluster.records import (
     SEQ_SPACE,
+    SESSION_GRACE_MS,
     Record,
     RecordError,
     Store,
@@ -183,6 +184,19 @@ def test_tombstones_are_purged_after_grace() -> None:
     assert s.purge_tombstones(now_ms=3000, grace_ms=5000) == 0
     assert s.purge_tombstones(now_ms=10_000, grace_ms=5000) == 1
     assert len(s) == 0
+
+
+def test_an_ended_call_is_remembered_for_minutes_not_a_day() -> None:
+    s = Store("a")
+    s.put("session", "call/0/t", {"session": {}}, 1000)
+    s.delete("session", "call/0/t", 2000)
+    s.put("route", "p", {"mux": 1}, 1000)
+    s.delete("route", "p", 2000)
+    assert s.purge_tombstones(now_ms=2000 + SESSION_GRACE_MS - 1) == 0
+    assert s.purge_tombstones(now_ms=2001 + SESSION_GRACE_MS) == 1     # the call only
+    assert s.get("session", "call/0/t") is None
+    assert s.get("route", "p").deleted
+    assert s.grace("session", 1000) == 1000     # a shorter backend grace still applies
 
 
 @pytest.mark.parametrize("obj", [

@@ -271,6 +271,45 @@ def test_tombstones_are_purged_and_a_late_node_does_not_resurrect(server: RedisS
     asyncio.run(main())
 
 
+def test_session_tombstones_have_their_own_short_grace(server: RedisServer) -> None:
+    """Ended calls leave Redis and every store after the session grace, against a horizon of
+    their own; the other kinds keep the day-long grace and horizon."""
+    fast = {"purge_interval": 0.1, "resync_interval": 0.1}
+
+    async def main() -> None:
+        a, late = Node(server.url, "a", **fast), Node(server.url, "late", **fast)
+        for n in (a, late):
+            n.store.grace_ms["session"] = 300
+        await a.start()
+        await late.start()
+        a.put("session", "c1/0/t", {"session": {"n": 1}})
+        a.put("route", "p1", {"mux": 1})
+        await until(lambda: len(late.view()) == 2)
+        await late.backend.stop()            # cut off, still holding the call as live
+        old_call = late.store.get("session", "c1/0/t")
+        a.delete("session", "c1/0/t")
+        a.delete("route", "p1")
+        r = server.client()
+        await until(lambda: r.hget("anytun:ord:session", "c1/0/t") is None, 5)
+        assert int(r.get("anytun:purged:session")) > old_call.version.stamp
+        await until(lambda: a.store.get("session", "c1/0/t") is None)
+        await asyncio.sleep(0.3)             # the route's tombstone stays (a day)
+        assert r.hget("anytun:ord:route", "p1").endswith(b" 1")
+        assert a.store.get("route", "p1").deleted
+        assert int(r.get("anytun:purged") or 0) < old_call.version.stamp
+        # the late node comes back: the call was deleted, not resurrected
+        late.backend = RedisBackend(RedisOptions(server.url, retry=0.1, **fast), "late")
+        await late.start()
+        assert late.view().get(("session", "c1/0/t")) is None
+        assert late.backend.status()["forgotten"] == 1
+        late.backend.publish(old_call)       # a delayed publish of the old version: refused
+        await asyncio.sleep(0.3)
+        assert r.hget("anytun:rec:session", "c1/0/t") is None
+        await a.backend.stop()
+        await late.backend.stop()
+    asyncio.run(main())
+
+
 def test_tls_with_client_certificates() -> None:
     require_program("openssl")
     srv = RedisServer(require_program("redis-server"), tls=True).start()

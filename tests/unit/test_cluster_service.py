@@ -299,3 +299,16 @@ def test_shared_nodes_keep_the_tombstones_of_ended_calls() -> None:
     a.sessions.remove(s, "deleted")
     (rec,) = a.sync.store.snapshot()
     assert rec.deleted  # it beats an older version still on its way from another node
+
+
+def test_the_session_grace_follows_a_long_session_timeout() -> None:
+    """A tombstone must outlive a few touches of a live call (a third of its timeout each)."""
+    from relay.cluster.backend import MemoryBackend
+    from relay.cluster.records import SESSION_GRACE_MS
+
+    store = Store("n")
+    sync = ClusterSync(store, MemoryBackend())
+    sync.attach_sessions(SessionTable(node="n", timeout=30))
+    assert store.grace("session") == SESSION_GRACE_MS
+    sync.attach_sessions(SessionTable(node="n", timeout=3600))
+    assert store.grace("session") == 5 * 3600 * 1000

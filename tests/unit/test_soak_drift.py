@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.drift import HOUR, MIB, Limit, after_warmup, judge, slope, table
-from bench.soak import Counts, hub_config, parse_args, traffic_failures
+from bench.soak import Counts, hub_config, parse_args, tombstone_bound, traffic_failures
 
 
 def test_slope_of_a_line_and_of_noise_around_a_flat_value() -> None:
@@ -35,6 +35,18 @@ def test_rss_drift_is_stated_per_hour() -> None:
     assert "2.00 MiB/h > 1.00 MiB/h" in v.reason
     assert judge("relay", "rss", "B", pts, Limit(per_hour=3 * MIB)).ok
     assert "FAIL" in table([v]) and "relay" in table([v])
+
+
+def test_tombstones_beyond_the_grace_bound_fail() -> None:
+    """Ended calls are kept for the session grace (300 s): at 0.5 calls/s a cluster holds at
+    most ~280 of them; one that keeps them for a day grows past that."""
+    most = tombstone_bound(0.5)
+    assert 0.5 * 300 * 1.5 < most < 0.5 * 300 * 2
+    levelled = [(t, min(t, 450) * 0.5) for t in range(0, 1800, 10)]
+    assert judge("relay", "tombstones", "rec", levelled, Limit(most=most)).ok
+    kept = [(t, t * 0.5) for t in range(0, 1800, 10)]
+    v = judge("relay", "tombstones", "rec", kept, Limit(most=most))
+    assert not v.ok and "reached" in v.reason and "at most" in table([v])
 
 
 def test_too_few_samples_is_a_clear_error() -> None:
