@@ -10,6 +10,9 @@ Figures:
 * hub TCP: iperf3 c1 -> c2 through the hub (client-to-client, routed by the hub);
 * hub 64-byte UDP: bench/blast.c floods c1 -> c2 through the hub, delivered rate at c2;
 * hub CPU per Gbit/s (TCP) and RSS;
+* the clients' ceiling: the same 64-byte flood between the two clients of a kind tunnelled
+  point-to-point (no hub daemon; the hub namespace only forwards the underlay) -- what the
+  clients themselves can carry, the most any hub can deliver with them;
 * scale (anytun-relay hub and clients, --config): the same TCP figure with 2, 100, 1,000 and
   10,000 configured clients, up to 100 of them active (98 simulated clients in c1 send a few
   authentic datagrams per second each), as a ratio to 2 clients; the time a reload takes
@@ -197,6 +200,32 @@ def measure_udp(trio: Trio, secs: float) -> dict:
     return {"kpps": delivered / wall / 1e3}
 
 
+def measure_ceiling(trio: Trio, client: Kind) -> dict:
+    """The 64-byte rate of the two clients tunnelled to each other directly."""
+    run = Running()
+    peers = ((1, "left", 2), (2, "right", 1))
+    try:
+        for i, _role, peer in peers:       # the underlay between the clients, via the hub
+            trio.c[i].run(["ip", "route", "replace", f"10.21.{peer}.0/24", "via", f"10.21.{i}.1"])
+        for i, role, peer in peers:
+            run.start(trio.c[i], [*client.argv(), "-D", "-L", "stdout:2", "-m", "1", "-E",
+                                  "bench-pass-p2p", "-e", role, "-p", str(PORT), "-r",
+                                  f"10.21.{peer}.2", "-o", str(PORT), "-d", CLIENT_DEV, "-t",
+                                  "tun", "-n", f"{client_in(i)}/16"],
+                      CLIENT_DEV, f"{client.name}-p2p{i}")
+        for _ in range(50):
+            if trio.c[1].run(["ping", "-c", "1", "-W", "1", "-q", client_in(2)],
+                             check=False).returncode == 0:
+                break
+        else:
+            raise RuntimeError("no ping between the two clients tunnelled point-to-point")
+        return {"udp64": measure_udp(trio, seconds())}
+    finally:
+        run.stop()
+        for i, _role, peer in peers:
+            trio.c[i].run(["ip", "route", "del", f"10.21.{peer}.0/24"], check=False)
+
+
 def measure_hub(trio: Trio, hub: Kind, client: Kind, table: Path) -> dict:
     run = Running()
     try:
@@ -330,6 +359,7 @@ def collect() -> tuple[dict, dict, dict]:
     missing = {f"{k.name} (hub)": w for k in HUBS.values() if (w := k.missing())}
     missing.update({f"{k.name} (client)": w for k in CLIENTS.values() if (w := k.missing())})
     results: dict[tuple[str, str], list[dict]] = {(h, c): [] for h in hubs for c in clients}
+    results.update({("ceiling", c): [] for c in clients})
     errors: dict = {}
     scale: dict[int, list[dict]] = {n: [] for n in SCALE}
     with tempfile.TemporaryDirectory(prefix="bench-hub-") as d:
@@ -351,6 +381,14 @@ def collect() -> tuple[dict, dict, dict]:
                                 measure_hub(trio, HUBS[hub], CLIENTS[client], table))
                         except Exception as exc:
                             errors[(hub, client)] = str(exc).splitlines()[0][:200]
+                    if ("ceiling", client) not in errors:
+                        print(f"   round {r + 1}: {client} clients point-to-point (ceiling)",
+                              file=sys.stderr, flush=True)
+                        try:
+                            results[("ceiling", client)].append(
+                                measure_ceiling(trio, CLIENTS[client]))
+                        except Exception as exc:
+                            errors[("ceiling", client)] = str(exc).splitlines()[0][:200]
                 for n in SCALE[r % len(SCALE):] + SCALE[:r % len(SCALE)]:
                     if ("scale", n) in errors:
                         continue
@@ -385,6 +423,11 @@ def rows_from(results: dict, scale: dict, errors: dict) -> list[dict]:
             out.append(row(f"server: {label}, {client} clients vs anytun hub",
                            _med(ours, test, key), _med(ref, test, key), unit,
                            "; ".join([goal, *notes])))
+        # what the clients carry without a hub: our hub's 64 B rate as a share of it
+        ceiling = _med(results.get(("ceiling", client), []), "udp64", "kpps")
+        out.append(row(f"server: hub UDP 64 B rate, {client} clients, share of the clients' "
+                       "point-to-point ceiling", _med(ours, "udp64", "kpps"), ceiling, "kpps",
+                       f"ceiling {ceiling:.0f} kpps" if ceiling else "no ceiling measured"))
     base = _med(scale.get(SCALE[0], []), "tcp", "mbps")
     for n in SCALE:
         runs = scale.get(n, [])
