@@ -38,7 +38,7 @@ from typing import Protocol
 from relay.transport import Deliver
 from relay.transport.anycast_framing import Deframer, Verify, frame, keepalive
 from relay.transport.remote import Remote
-from relay.transport.tcp import Adopted, Resolve
+from relay.transport.tcp import MAX_STREAMS, Adopted, Resolve, stream_limit
 
 log = logging.getLogger("anytun-relay.anycast-tcp")
 
@@ -47,7 +47,6 @@ LIVE_MARK = 0x61746370
 DEFAULT_KEEPALIVE = 5.0
 IDLE_FACTOR = 4            # intervals of silence before a stream is given up
 MIN_IDLE = 10.0
-MAX_STREAMS = 1024
 MAX_BUFFERED = 1 << 20
 UNPROVEN_TIMEOUT = 60.0
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 10.0
@@ -217,6 +216,7 @@ class AnycastTcpTransport:
         self.unproven_timeout = unproven_timeout
         self.silent_close = False          # set by the cluster: stopping = drained
         self.streams: dict[Remote, _Stream] = {}
+        self.max_streams = MAX_STREAMS  # lowered by open() to what the fd limit allows
         self.received = self.sent = self.dropped = self.not_held = 0
         self.keepalives_sent = 0
         self.adopted = 0
@@ -233,13 +233,13 @@ class AnycastTcpTransport:
     # -- streams --------------------------------------------------------------------------------
     def _register(self, stream: _Stream) -> bool:
         assert stream.remote is not None
-        if len(self.streams) >= MAX_STREAMS and stream.remote not in self.streams:
+        if len(self.streams) >= self.max_streams and stream.remote not in self.streams:
             victim = min((s for s in self.streams.values()
                           if s.remote is not None and not self.proven(s.remote)),
                          key=lambda s: s.opened, default=None)
             if victim is None:
                 log.warning("refusing anycast TCP connection from %s: %d streams open",
-                            stream.remote, MAX_STREAMS)
+                            stream.remote, self.max_streams)
                 return False
             victim.close(silent=False)
             self._unregister(victim)
@@ -287,6 +287,7 @@ class AnycastTcpTransport:
         self._deliver = deliver
         loop = asyncio.get_running_loop()
         if self.listen is not None:
+            self.max_streams = stream_limit()
             host, port = self.listen
             try:
                 sock = _listener(host, port)
@@ -417,7 +418,7 @@ class AnycastTcpTransport:
     def status(self) -> dict:
         live = list(self.streams.values())
         hub = self.hub_figures() if self.hub_figures is not None else {}
-        st = {"kind": KIND, "keepalive": self.keepalive,
+        st = {"kind": KIND, "keepalive": self.keepalive, "max_streams": self.max_streams,
               "plane": "c-hub" if self.handover is not None else "python",
               "streams_on_c_plane": sum(1 for s in live if s.handed is not None),
               "listen": None if self.listen is None else

@@ -198,7 +198,7 @@ class TcpTransport:
         self._deliver = deliver
         loop = asyncio.get_running_loop()
         if self.listen is not None:
-            self.max_streams = _stream_limit()
+            self.max_streams = stream_limit()
             host, port = self.listen
             try:
                 self._server = await loop.create_server(lambda: _Stream(self), host, port,
@@ -286,7 +286,7 @@ class TcpTransport:
                 "refused": self.refused, "evicted": self.evicted, "timed_out": self.timed_out}
 
 
-def _stream_limit() -> int:
+def stream_limit() -> int:
     """MAX_STREAMS, or fewer when the open-file limit would run out first: accept() failing
     with EMFILE would turn away the clients that prove themselves too. A stream takes two fds
     while the C data plane adopts it (asyncio's and the dup). The soft limit is raised to the
