@@ -1,5 +1,6 @@
 """Resource bounds under attack: a server-mode node on the C data plane and a relay-mode node,
-each attacked while an honest client keeps using it.
+each attacked while an honest client keeps using it (the valid-key case also against a
+server on the Python data plane, where the replay window once froze the node).
 
 One case per attack: junk UDP at the server port; a client with a valid key sending
 adversarial sequence numbers and sender IDs; TCP streams held open half-framed (slowloris);
@@ -47,17 +48,38 @@ SLACK_MS = 5.0
 FIGURES: dict[str, dict] = {}   # printed at the end of the module: docs/security.md's table
 
 
-def _toml(ip: str) -> str:
+@dataclass(frozen=True)
+class Plane:
+    """A server node's data plane, with its own port, devices and inner subnet (both run on
+    server 1 at once)."""
+
+    name: str
+    dataplane: str
+    port: int
+    net: str                 # inner /16: .0.1 the server, .1.2 honest, .2.2 the attacker
+    dev: str
+    honest_dev: str
+
+    def inner(self, host: str) -> str:
+        return f"{self.net}.{host}"
+
+
+C_PLANE = Plane("c", "fast", PORT, "10.7", "tun5", "tun6")
+PY_PLANE = Plane("python", "python", PORT + 20, "10.17", "tun7", "tun8")
+
+
+def _toml(ip: str, plane: Plane = C_PLANE) -> str:
+    net = plane.net
     conns = "".join(f'[[connection]]\nmux = {m}\npassphrase = "{pw}"\nroutes = ["{r}"]\n'
-                    for m, pw, r in ((1, "honest-1", "10.7.1.0/24"),
-                                     (2, "attacker-2", "10.7.2.0/24")))
+                    for m, pw, r in ((1, "honest-1", f"{net}.1.0/24"),
+                                     (2, "attacker-2", f"{net}.2.0/24")))
     return f"""
 [node]
 interface = "{ip}"
-port = {PORT}
+port = {plane.port}
 sender_id = 1
-device_name = "tun5"
-ifconfig = ["{SERVER_IN}/16"]
+device_name = "{plane.dev}"
+ifconfig = ["{plane.inner("0.1")}/16"]
 transports = ["udp", "tcp"]
 stream_unproven_timeout = {UNPROVEN}
 
@@ -180,34 +202,48 @@ def lab() -> Iterator[AnycastLab]:
     print("\nattack figures:\n" + json.dumps(FIGURES, indent=1))
 
 
-@pytest.fixture(scope="module")
-def server(lab: AnycastLab, tmp_path_factory) -> Iterator[dict]:
-    """A server-mode node (C hub, udp and tcp) with an open-file limit of NOFILE; uanytun on
-    client 1 is the honest client."""
+def _serve(lab: AnycastLab, tmp: Path, plane: Plane) -> Iterator[dict]:
+    """A server-mode node (udp and tcp) with an open-file limit of NOFILE; uanytun on client 1
+    is the honest client."""
     s = lab.server(1)
-    path = tmp_path_factory.mktemp("attack") / "node.toml"
-    path.write_text(_toml(s.ip4))
-    log = path.with_name("server.log")
+    path = tmp / f"node-{plane.name}.toml"
+    path.write_text(_toml(s.ip4, plane))
+    log = path.with_name(f"server-{plane.name}.log")
     proc = daemon(s, ["prlimit", f"--nofile={NOFILE}:{NOFILE}",
-                      *tu.fast("--config", str(path))], log)
+                      *tu.relay("--config", str(path), dataplane=plane.dataplane)], log)
+    server_in, honest_in = plane.inner("0.1"), plane.inner("1.2")
     try:
-        tu.wait_for(lambda: proc.poll() is not None or tu.device_ready(s, "tun5", SERVER_IN),
+        tu.wait_for(lambda: proc.poll() is not None or tu.device_ready(s, plane.dev, server_in),
                     20, "the server's device")
         assert proc.poll() is None, log.read_text()[-3000:]
     except BaseException:
         stop_daemon(proc, log)
         raise
     honest = tu.start(lab.clients[0], tu.uanytun(
-        "-m", "1", "-E", "honest-1", "-e", "client", "-r", s.ip4, "-o", str(PORT),
-        "-p", str(PORT + 1), "-d", "tun6", "-n", f"{HONEST_IN}/16"), "tun6", HONEST_IN)
+        "-m", "1", "-E", "honest-1", "-e", "client", "-r", s.ip4, "-o", str(plane.port),
+        "-p", str(plane.port + 1), "-d", plane.honest_dev, "-n", f"{honest_in}/16"),
+        plane.honest_dev, honest_in)
     try:
-        tu.ping_until(lab.clients[0], SERVER_IN)
-        st = tu.tunnel_status(s, "tun5")
-        assert st["external_dataplane"]["kind"] == "c-hub", st["external_dataplane"]
-        yield {"node": s, "pid": proc.pid, "proc": proc, "log": log}
+        tu.ping_until(lab.clients[0], server_in)
+        st = tu.tunnel_status(s, plane.dev)
+        kind = (st.get("external_dataplane") or {}).get("kind", "python")
+        assert kind == ("c-hub" if plane.dataplane == "fast" else "python"), st
+        yield {"node": s, "pid": proc.pid, "proc": proc, "log": log, "plane": plane}
     finally:
         tu.stop(honest)
         stop_daemon(proc, log)
+
+
+@pytest.fixture(scope="module")
+def server(lab: AnycastLab, tmp_path_factory) -> Iterator[dict]:
+    """The C hub: every attack below."""
+    yield from _serve(lab, tmp_path_factory.mktemp("attack"), C_PLANE)
+
+
+@pytest.fixture(scope="module")
+def python_server(lab: AnycastLab, server: dict, tmp_path_factory) -> Iterator[dict]:
+    """The Python data plane beside it (other port, devices and subnet): the valid-key case."""
+    yield from _serve(lab, tmp_path_factory.mktemp("attack-py"), PY_PLANE)
 
 
 def _conn(st: dict, mux: int) -> dict:
@@ -219,7 +255,7 @@ def _attack_tunnel(name: str, server: dict, lab: AnycastLab, proc: subprocess.Po
     """Pings of the honest client while `proc` attacks; returns the daemon's peak."""
     watch = Watch(server["pid"], proc)
     time.sleep(lead)
-    during = ping_stats(lab.clients[0], SERVER_IN)
+    during = ping_stats(lab.clients[0], server["plane"].inner("0.1"))
     peak = watch.peak()
     check_honest(name, before, during, 25)
     assert server["proc"].poll() is None, "the server died"
@@ -246,27 +282,30 @@ def test_junk_flood_costs_little_and_disturbs_nobody(lab, server) -> None:
 
 
 # -- (b) a valid key, adversarial sequence numbers ------------------------------------------
-def test_valid_key_with_adversarial_sequence_numbers_is_bounded(lab, server) -> None:
-    s, pid = server["node"], server["pid"]
-    before = ping_stats(lab.clients[0], SERVER_IN)
+@pytest.mark.parametrize("node", ["server", "python_server"])
+def test_valid_key_with_adversarial_sequence_numbers_is_bounded(lab, node, request) -> None:
+    server = request.getfixturevalue(node)
+    s, pid, plane = server["node"], server["pid"], server["plane"]
+    name = f"valid key, adversarial seqs ({plane.name} plane)"
+    before = ping_stats(lab.clients[0], plane.inner("0.1"))
     base = usage(pid)
-    rx0 = _conn(tu.tunnel_status(s, "tun5"), 2).get("rx_packets", 0)
-    evil = attacker(lab.clients[1], "seq", s.ip4, PORT, 4, 2, "attacker-2", ATTACKER_IN,
-                    SERVER_IN)
-    peak = _attack_tunnel("valid key, adversarial seqs", server, lab, evil, before)
+    rx0 = _conn(tu.tunnel_status(s, plane.dev), 2).get("rx_packets", 0)
+    evil = attacker(lab.clients[1], "seq", s.ip4, plane.port, 4, 2, "attacker-2",
+                    plane.inner("2.2"), plane.inner("0.1"))
+    peak = _attack_tunnel(name, server, lab, evil, before)
     sent = result(evil)
-    st = tu.tunnel_status(s, "tun5")
+    st = tu.tunnel_status(s, plane.dev)
     c2 = _conn(st, 2)
     senders = len(c2.get("recv_high") or {})
-    FIGURES["valid key, adversarial seqs"].update(
+    FIGURES[name].update(
         sent=sent["sent"], sender_ids_sent=sent["sender_ids"], accepted=c2["rx_packets"] - rx0,
         replay_drops=c2["drops"].get("replay", 0), sender_ids_kept=senders)
-    check_usage("valid key, adversarial seqs", pid, base, peak, sent["sent"],
+    check_usage(name, pid, base, peak, sent["sent"],
                 cpu_per_packet_us=1000)  # the old Python window took ~250 ms per jump
     assert c2["rx_packets"] - rx0 > sent["jump"]   # the key is valid: jumps are accepted
     assert c2["drops"].get("replay", 0) > 0
     assert sent["sender_ids"] > MAX_SENDERS and 0 < senders <= MAX_SENDERS, c2
-    assert _conn(st, 1)["remote"] == f"{lab.clients[0].ip4}:{PORT + 1}"
+    assert _conn(st, 1)["remote"] == f"{lab.clients[0].ip4}:{plane.port + 1}"
 
 
 # -- (c) TCP streams held open half-framed ---------------------------------------------------
