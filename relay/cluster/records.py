@@ -331,9 +331,8 @@ class Store:
         """The other side purged its tombstones older than each kind's horizon (`horizons_ms`,
         kind -> stamp): a live last-writer-wins record it lacks and that is older than that was
         deleted there while this node did not hear it (a node cut off for longer than the grace
-        period). Delete it here too -- a
-        tombstone of the same version, which wins -- instead of resurrecting it. Returns the
-        tombstones that replaced live records."""
+        period). Delete it here too -- a tombstone of the same version, which wins -- instead
+        of resurrecting it. Returns the tombstones that replaced live records."""
         gone = []
         for r in list(self._records.values()):
             if r.data is not None and r.kind in LWW_KINDS and r.ident not in remote \
