@@ -348,3 +348,27 @@ def test_tls_with_client_certificates() -> None:
 def test_tls_options_without_rediss_are_refused() -> None:
     with pytest.raises(ValueError, match="rediss"):
         RedisBackend(RedisOptions("redis://127.0.0.1:6379", tls_ca="/ca.pem"), "a")
+
+
+def test_a_node_holds_a_bounded_number_of_connections(server: RedisServer) -> None:
+    """The link's tasks share one pool: the writer and the periodic task (heartbeat, resync,
+    purge) at most one connection each, plus the subscription -- three, however busy (the
+    soak's occasional extra fd is the pool's second connection, opened when both overlap)."""
+    fast = {"purge_interval": 0.01, "resync_interval": 0.01}
+
+    async def main() -> None:
+        a = await Node(server.url, "busy", **fast).start()
+        r = server.client()
+        peak = 0
+        for i in range(400):
+            a.put("route", f"p{i % 50}", {"mux": i})
+            if i % 3 == 0:
+                a.delete("route", f"p{(i + 7) % 50}")
+            if i % 20 == 0:
+                await asyncio.sleep(0.01)
+                peak = max(peak, sum(1 for c in r.client_list() if c.get("name") != "probe"
+                                     and c.get("cmd") != "client|list"))
+        await until(lambda: r.hget("anytun:rec:route", "p49") is not None)
+        assert 2 <= peak <= 3, r.client_list()
+        await a.backend.stop()
+    asyncio.run(main())
