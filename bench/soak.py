@@ -139,13 +139,16 @@ def tree_pids(pid: int) -> list[int]:
     return out
 
 
-def rss(pid: int) -> int:
-    total = 0
+def memory(pid: int) -> dict[str, int]:
+    """Resident bytes of the process and its children: all (VmRSS) and the anonymous part
+    (heap, arenas: what a leak grows; the rest is pages of code and libraries touched)."""
+    total = {"rss": 0, "anon": 0}
     for p in tree_pids(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+                for key, field in (("rss", "VmRSS:"), ("anon", "RssAnon:")):
+                    if line.startswith(field):
+                        total[key] += int(line.split()[1]) * 1024
     return total
 
 
@@ -441,7 +444,7 @@ class Soak:
     def sample(self, t: float) -> dict:
         row: dict = {"t": t}
         for name, d in self.daemons.items():
-            row[name] = {"rss": rss(d.pid), "fds": fds(d.pid)}
+            row[name] = {**memory(d.pid), "fds": fds(d.pid)}
         for name, prefix in (("hub", "hub"), ("relay", "media")):
             state = self.redis_state(prefix)
             if state is None:
@@ -498,6 +501,7 @@ def limits(rss_mib_per_hour: float, tombstones_most: float | None = None
            ) -> dict[str, Limit]:
     return {
         "rss": Limit(per_hour=rss_mib_per_hour * MIB),
+        "anon": Limit(note="stated: the anonymous part of rss"),
         "fds": Limit(window=1.0, note="no trend: less than one fd of fitted growth"),
         "keys": Limit(window=1.0, note="no trend in the number of keys"),
         "records": Limit(window=1.0, note="live records stay as many as configured"),
@@ -508,7 +512,7 @@ def limits(rss_mib_per_hour: float, tombstones_most: float | None = None
     }
 
 
-UNITS = {"rss": "B", "fds": "fd", "keys": "key", "records": "rec", "tombstones": "rec"}
+UNITS = {"rss": "B", "anon": "B", "fds": "fd", "keys": "key", "records": "rec", "tombstones": "rec"}
 
 
 def verdicts(samples: list[dict], warmup: float, rss_limit: float,
@@ -516,7 +520,7 @@ def verdicts(samples: list[dict], warmup: float, rss_limit: float,
     out = []
     lim = limits(rss_limit, tombstones_most)
     for daemon in ("tunnel", "hub", "relay"):
-        for metric in ("rss", "fds", "keys", "records", "tombstones"):
+        for metric in ("rss", "anon", "fds", "keys", "records", "tombstones"):
             if metric not in samples[0].get(daemon, {}):
                 continue
             points = [(s["t"], float(s[daemon][metric])) for s in samples]
