@@ -520,7 +520,7 @@ def verdicts(samples: list[dict], warmup: float, rss_limit: float,
     out = []
     lim = limits(rss_limit, tombstones_most)
     for daemon in ("tunnel", "hub", "relay"):
-        for metric in ("rss", "anon", "fds", "keys", "records", "tombstones"):
+        for metric in lim:
             if metric not in samples[0].get(daemon, {}):
                 continue
             points = [(s["t"], float(s[daemon][metric])) for s in samples]
