@@ -259,6 +259,9 @@ class RedisBackend:
                 conn = self.client()
                 pubsub = conn.pubsub()
                 await pubsub.subscribe(self.channel)
+                # the writer and the periodic task share the pool: open its two connections
+                # now, so that the node's descriptors do not change later when they overlap
+                await asyncio.gather(conn.ping(), conn.ping())
                 await self._locate_primary()
                 await self._resync(conn)
                 self._set_connected(True, "")
