@@ -297,6 +297,8 @@ def control(node, spec: str, commands: list[bytes | str], timeout: float = 2.0,
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
+    """lab.netns.wait_for's twin: this file also runs as a script inside the namespaces
+    (`python lab/sip.py send ...`), where the lab package is not importable."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

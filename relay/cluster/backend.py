@@ -20,6 +20,7 @@ OnRemote = Callable[[list[Record]], None]
 @runtime_checkable
 class Backend(Protocol):
     name: str
+    shares_state: bool   # other nodes merge with this store (False: tombstones need not stay)
 
     async def start(self, store: Store, on_remote: OnRemote) -> None: ...
 

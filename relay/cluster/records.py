@@ -54,7 +54,7 @@ DAY_MS = 86_400_000
 # not a day (the default timeout is 60 s), and a busy relay does not hold a day of calls.
 SESSION_GRACE_TIMEOUTS = 5
 SESSION_GRACE_MS = SESSION_GRACE_TIMEOUTS * 60_000
-OWN_HORIZON_KINDS = ("session",)   # kinds whose grace differs: purged against their own horizon
+KIND_GRACE_MS = {"session": SESSION_GRACE_MS}  # kinds whose grace differs (own purge horizon)
 
 
 class RecordError(RelayError, ValueError):
@@ -233,7 +233,7 @@ class Store:
         self._listeners: list[Listener] = []
         # per kind, how long a tombstone is kept at most (the backend's grace applies to the
         # rest); raised by the relay for a longer session timeout (ClusterSync.attach_sessions)
-        self.grace_ms: dict[str, int] = {"session": SESSION_GRACE_MS}
+        self.grace_ms: dict[str, int] = dict(KIND_GRACE_MS)
 
     def grace(self, kind: str, default_ms: int = DAY_MS) -> int:
         """How long a tombstone of `kind` is kept."""

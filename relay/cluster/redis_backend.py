@@ -46,10 +46,10 @@ from relay.cluster.backend import OnRemote
 from relay.cluster.records import (
     DAY_MS,
     JOIN_KINDS,
+    KIND_GRACE_MS,
     KINDS,
     LWW_KINDS,
     NODE_RE,
-    OWN_HORIZON_KINDS,
     Record,
     RecordError,
     Store,
@@ -176,6 +176,7 @@ class RedisOptions:
 
 class RedisBackend:
     name = "redis"
+    shares_state = True
 
     def __init__(self, options: RedisOptions, node: str,
                  clock: Callable[[], float] = time.time) -> None:
@@ -188,9 +189,12 @@ class RedisBackend:
         self._rec = {k: f"{p}:rec:{k}" for k in KINDS}
         self._ord = {k: f"{p}:ord:{k}" for k in LWW_KINDS}
         self.alive_prefix = f"{p}:alive:"
-        self.purged_key = f"{p}:purged"
-        self._purged = {k: f"{p}:purged:{k}" if k in OWN_HORIZON_KINDS else self.purged_key
+        # each kind's purge horizon key, and the kinds each key covers
+        self._purged = {k: f"{p}:purged:{k}" if k in KIND_GRACE_MS else f"{p}:purged"
                         for k in LWW_KINDS}
+        self._horizon_kinds: dict[str, list[str]] = {}
+        for kind, key in self._purged.items():
+            self._horizon_kinds.setdefault(key, []).append(kind)
         self.store: Store | None = None
         self._on_remote: OnRemote = lambda _r: None
         self._pending: dict[tuple[str, str], Record] = {}
@@ -441,7 +445,7 @@ class RedisBackend:
 
     async def _horizons(self, conn: aioredis.Redis) -> dict[str, int]:
         """Each kind's purge horizon (ms) as Redis holds it."""
-        names = sorted(set(self._purged.values()))
+        names = list(self._horizon_kinds)
         stamps = dict(zip(names, await conn.mget(names), strict=True))
         return {k: int(stamps[key] or 0) for k, key in self._purged.items()}
 
@@ -449,11 +453,8 @@ class RedisBackend:
         """Drop tombstones older than their grace period from Redis (and from the local
         store), one atomic sweep per horizon key."""
         self._last_purge = now = self._clock()
-        groups: dict[str, list[str]] = {}
-        for kind, key in self._purged.items():
-            groups.setdefault(key, []).append(kind)
         n = 0
-        for key, kinds in groups.items():
+        for key, kinds in self._horizon_kinds.items():
             horizon = int(now * 1000) - min(self._grace_ms(k) for k in kinds)
             keys = [key]
             for kind in kinds:

@@ -197,7 +197,7 @@ class ClusterSync:
         rec = self.store.delete(kind, key, _ms(self.clock))
         if rec is not None:
             self.backend.publish(rec)
-            if kind == "session" and not getattr(self.backend, "shares_state", True):
+            if kind == "session" and not self.backend.shares_state:
                 self.store.forget(kind, key)  # a node alone: one ended call, no record left
                 return
             self._deletes += 1
@@ -271,7 +271,7 @@ class ClusterSync:
             if change.reason == "shutdown":
                 return
             # alone (nothing shared), no other node carries the call: a timeout ends it here
-            if change.reason == "timeout" and getattr(self.backend, "shares_state", True):
+            if change.reason == "timeout" and self.backend.shares_state:
                 rec = self.store.get("session", key)
                 touched = rec.data.get("touched", 0) if rec and rec.data else 0
                 st_timeout = next((t.timeout for t in self.sessions), 60)

@@ -34,6 +34,7 @@ class Bus:
 
 class BusBackend:
     name = "bus"
+    shares_state = True
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
