@@ -23,6 +23,17 @@ def require(condition: bool, capability: str) -> None:
         pytest.skip(f"needs {capability}")
 
 
+def cpu_has_aes_and_sha() -> bool:
+    """The instructions the C data plane's builtin crypto needs (relay/fastpath/cipher_x86.c)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return {"aes", "sha_ni", "ssse3", "sse4_1"} <= set(flags)
+
+
 def require_program(name: str) -> str:
     path = shutil.which(name)
     require(path is not None, f"the program {name!r} (run 'make test' to install it)")

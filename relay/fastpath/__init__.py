@@ -11,14 +11,24 @@ The users sit above: relay.tunnel.fastplane and relay.tunnel.hubplane (the tunne
 endpoint's fast planes) and relay.rtpproxy.fastmedia (relay mode's media path,
 relay/fastpath/rtp.c). The extension is
 optional: `available()` says whether it was built (it needs a C compiler and the OpenSSL
-headers at install time); without it the packet paths run on the Python data planes.
+headers at install time; libcrypto itself is loaded only if the CPU lacks AES-NI/SHA-NI or
+ANYTUN_RELAY_CRYPTO=openssl asks for it); without it the packet paths run on the Python data planes.
 """
 
-from relay.fastpath.binding import FastpathError, available, ffi, lib, unavailable_reason
+from relay.fastpath.binding import (
+    FastpathError,
+    available,
+    crypto_name,
+    ffi,
+    lib,
+    unavailable_reason,
+    use_crypto,
+)
 from relay.fastpath.crypto import SatpCrypto
 from relay.fastpath.engine import Engine, Event
 from relay.fastpath.replay import ReplayParams, ReplayWindow
 from relay.fastpath.sockaddr import parse_sockaddr, sockaddr
 
 __all__ = ["Engine", "Event", "FastpathError", "ReplayParams", "ReplayWindow", "SatpCrypto",
-           "available", "ffi", "lib", "parse_sockaddr", "sockaddr", "unavailable_reason"]
+           "available", "crypto_name", "ffi", "lib", "parse_sockaddr", "sockaddr",
+           "unavailable_reason", "use_crypto"]

@@ -14,9 +14,10 @@ from pathlib import Path
 import cffi
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("satp.c", "replay.c", "offload.c", "engine.c", "rtp.c", "anycast_framing.c",
+SOURCES = ("cipher.c", "cipher_x86.c", "cipher_openssl.c", "satp.c", "replay.c", "offload.c",
+           "engine.c", "rtp.c", "anycast_framing.c",
            "lpm.c", "mactab.c", "stream.c", "hub.c", "hub_core.c", "hub_io.c")
-HEADERS = ("fastpath.h", "internal.h", "hub.h")
+HEADERS = ("cipher.h", "fastpath.h", "internal.h", "hub.h")
 C_FLAGS = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-O2", "-D_GNU_SOURCE", "-pthread",
            "-fvisibility=hidden", "-fno-strict-aliasing"]
 
@@ -44,7 +45,6 @@ ffibuilder.set_source(
     sources=[_relative(HERE / s) for s in SOURCES],
     depends=[_relative(HERE / h) for h in HEADERS],
     include_dirs=[_relative(HERE)],
-    libraries=["crypto"],
     extra_compile_args=C_FLAGS,
     extra_link_args=["-pthread"],
 )

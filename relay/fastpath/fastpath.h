@@ -55,6 +55,14 @@ long fp_open(fp_satp *s, const uint8_t *dgram, size_t len, uint8_t *out, size_t 
 /* The raw PRF (tests): length keystream bytes for (label, seq). */
 int fp_prf(fp_satp *s, uint32_t label, uint32_t seq, uint8_t *out, size_t length);
 
+/* The crypto implementation of connections made from now on: FP_CRYPTO_AUTO (AES-NI/SHA-NI
+ * when the CPU has them, else OpenSSL), FP_CRYPTO_BUILTIN or FP_CRYPTO_OPENSSL. Returns the
+ * one chosen, or -1 with a message in err (the previous choice stays). */
+enum fp_crypto_impl { FP_CRYPTO_AUTO = 0, FP_CRYPTO_BUILTIN = 1, FP_CRYPTO_OPENSSL = 2 };
+int fp_crypto_use(int impl, char *err, size_t errlen);
+/* "aes-ni/sha-ni" or "openssl": what fp_crypto_use chose (auto until it is called). */
+const char *fp_crypto_name(void);
+
 /* ---- replay window per sender ID (semantics of relay/satp/replay.py) ----------------------- */
 
 enum fp_verdict {

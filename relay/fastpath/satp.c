@@ -1,18 +1,14 @@
-/* SATP per-packet crypto with OpenSSL libcrypto, contexts made once and reused.
+/* SATP per-packet crypto on the implementation cipher.h chose when the connection was made.
  *
  * Per packet: one AES-ECB call under the master key turns all counter blocks of the PRF into
- * the session key, salt and auth key; one AES-CTR re-key encrypts payload type + payload;
- * HMAC-SHA1 is built from SHA-1 directly because the auth key changes with every packet
- * (OpenSSL's HMAC objects cost several times more to re-key than the two pad blocks do).
+ * the session key, salt and auth key; one AES-CTR under that key encrypts payload type +
+ * payload; HMAC-SHA1 under the auth key covers header and ciphertext.
  */
-#define OPENSSL_API_COMPAT 10101 /* the SHA1_* functions: the cheapest per-packet HMAC */
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cipher.h"
 #include "internal.h"
 
 #define AUTH_KEY_LEN 20
@@ -28,38 +24,31 @@ static const uint32_t LABELS[2][3] = {
 struct fp_satp {
     fp_suite suite;
     int role;
-    uint8_t salt_block[16]; /* master salt || 00 00 */
-    EVP_CIPHER_CTX *kd;     /* AES-ECB under the master key; NULL for null kd */
-    EVP_CIPHER_CTX *ctr;    /* AES-CTR, re-keyed per packet; NULL for the null cipher */
-    EVP_CIPHER *kd_cipher, *ctr_cipher;
+    uint8_t salt_block[16];     /* master salt || 00 00 */
+    const fp_cipher_ops *ops;
+    void *kd;                   /* AES-ECB under the master key; NULL for null kd */
+    void *ctr;                  /* the CTR state the implementation keeps, if any */
 };
 
-static const char *aes_name(int key_len, int ctr) {
-    switch (key_len) {
-    case 16: return ctr ? "AES-128-CTR" : "AES-128-ECB";
-    case 24: return ctr ? "AES-192-CTR" : "AES-192-ECB";
-    case 32: return ctr ? "AES-256-CTR" : "AES-256-ECB";
-    default: return NULL;
-    }
-}
+static int valid_key_len(int n) { return n == 16 || n == 24 || n == 32; }
 
 void fp_satp_free(fp_satp *s) {
     if (!s)
         return;
-    EVP_CIPHER_CTX_free(s->kd);
-    EVP_CIPHER_CTX_free(s->ctr);
-    EVP_CIPHER_free(s->kd_cipher);
-    EVP_CIPHER_free(s->ctr_cipher);
-    OPENSSL_cleanse(s, sizeof(*s));
+    if (s->kd)
+        s->ops->ecb_free(s->kd);
+    if (s->ctr)
+        s->ops->ctr_free(s->ctr);
+    fp_wipe(s, sizeof(*s));
     free(s);
 }
 
 fp_satp *fp_satp_new(const fp_suite *suite, const uint8_t *master_key, size_t master_key_len,
                      const uint8_t *master_salt, int role, char *err, size_t errlen) {
     const char *why = NULL;
-    if (suite->cipher_key_len && !aes_name(suite->cipher_key_len, 1))
+    if (suite->cipher_key_len && !valid_key_len(suite->cipher_key_len))
         why = "cipher key length must be 0, 16, 24 or 32";
-    else if (suite->kd_key_len && !aes_name(suite->kd_key_len, 0))
+    else if (suite->kd_key_len && !valid_key_len(suite->kd_key_len))
         why = "kd key length must be 0, 16, 24 or 32";
     else if (suite->tag_len < 0 || suite->tag_len > FP_MAX_TAG || (!suite->auth && suite->tag_len))
         why = "tag length must be 0..20, and 0 without auth";
@@ -73,6 +62,12 @@ fp_satp *fp_satp_new(const fp_suite *suite, const uint8_t *master_key, size_t ma
         snprintf(err, errlen, "%s", why);
         return NULL;
     }
+    const fp_cipher_ops *ops = fp_cipher_current();
+    if (!ops) {
+        snprintf(err, errlen, "no AES implementation: this CPU lacks AES-NI/SHA-NI and "
+                              "libcrypto cannot be loaded");
+        return NULL;
+    }
     fp_satp *s = calloc(1, sizeof(*s));
     if (!s) {
         snprintf(err, errlen, "out of memory");
@@ -80,26 +75,18 @@ fp_satp *fp_satp_new(const fp_suite *suite, const uint8_t *master_key, size_t ma
     }
     s->suite = *suite;
     s->role = role;
+    s->ops = ops;
     if (suite->kd_key_len) {
         memcpy(s->salt_block, master_salt, SALT_LEN);
-        s->kd_cipher = EVP_CIPHER_fetch(NULL, aes_name(suite->kd_key_len, 0), NULL);
-        s->kd = EVP_CIPHER_CTX_new();
-        if (!s->kd_cipher || !s->kd ||
-            !EVP_EncryptInit_ex(s->kd, s->kd_cipher, NULL, master_key, NULL) ||
-            !EVP_CIPHER_CTX_set_padding(s->kd, 0))
+        if (!(s->kd = ops->ecb_new(master_key, suite->kd_key_len)))
             goto fail;
     }
-    if (suite->cipher_key_len) {
-        static const uint8_t zero[32];
-        s->ctr_cipher = EVP_CIPHER_fetch(NULL, aes_name(suite->cipher_key_len, 1), NULL);
-        s->ctr = EVP_CIPHER_CTX_new();
-        if (!s->ctr_cipher || !s->ctr ||
-            !EVP_EncryptInit_ex(s->ctr, s->ctr_cipher, NULL, zero, zero))
-            goto fail;
-    }
+    if (suite->cipher_key_len && ops->ctr_needs_state &&
+        !(s->ctr = ops->ctr_new(suite->cipher_key_len)))
+        goto fail;
     return s;
 fail:
-    snprintf(err, errlen, "OpenSSL could not set up AES (is libcrypto complete?)");
+    snprintf(err, errlen, "%s could not set up AES", ops->name);
     fp_satp_free(s);
     return NULL;
 }
@@ -148,18 +135,17 @@ static void derive(fp_satp *s, int sender_role, uint32_t seq, session *out) {
         counter_blocks(s, lab[2], seq, blocks + 16 * n, 2);
         n += 2;
     }
-    int outl = 0;
-    EVP_EncryptUpdate(s->kd, stream, &outl, blocks, 16 * n);
+    s->ops->ecb(s->kd, blocks, stream, n);
     memcpy(out->key, stream, (size_t)s->suite.cipher_key_len);
     memcpy(out->salt, stream + 16 * salt_at, SALT_LEN);
     if (s->suite.auth)
         memcpy(out->auth, stream + 16 * auth_at, AUTH_KEY_LEN);
-    OPENSSL_cleanse(stream, sizeof(stream));
+    fp_wipe(stream, sizeof(stream));
 }
 
 static void crypt_payload(fp_satp *s, const session *k, uint32_t seq, uint16_t sid,
                           uint16_t mux, uint8_t *data, size_t len) {
-    if (!s->ctr || !len)
+    if (!s->suite.cipher_key_len || !len)
         return;
     uint8_t iv[16];
     memcpy(iv, k->salt, SALT_LEN);
@@ -170,30 +156,7 @@ static void crypt_payload(fp_satp *s, const session *k, uint32_t seq, uint16_t s
     iv[7] ^= (uint8_t)sid;
     for (int i = 0; i < 4; i++)
         iv[10 + i] ^= (uint8_t)(seq >> (24 - 8 * i));
-    int outl = 0;
-    EVP_EncryptInit_ex(s->ctr, NULL, NULL, k->key, iv);
-    EVP_EncryptUpdate(s->ctr, data, &outl, data, (int)len);
-}
-
-static void hmac_sha1(const uint8_t key[AUTH_KEY_LEN], const uint8_t *msg, size_t len,
-                      uint8_t mac[20]) {
-    uint8_t pad[64];
-    SHA_CTX c;
-    memset(pad, 0x36, sizeof(pad));
-    for (int i = 0; i < AUTH_KEY_LEN; i++)
-        pad[i] ^= key[i];
-    SHA1_Init(&c);
-    SHA1_Update(&c, pad, sizeof(pad));
-    SHA1_Update(&c, msg, len);
-    SHA1_Final(mac, &c);
-    memset(pad, 0x5c, sizeof(pad));
-    for (int i = 0; i < AUTH_KEY_LEN; i++)
-        pad[i] ^= key[i];
-    SHA1_Init(&c);
-    SHA1_Update(&c, pad, sizeof(pad));
-    SHA1_Update(&c, mac, 20);
-    SHA1_Final(mac, &c);
-    OPENSSL_cleanse(pad, sizeof(pad));
+    s->ops->ctr(s->ctr, k->key, s->suite.cipher_key_len, iv, data, len);
 }
 
 size_t fp_seal_inplace(fp_satp *s, uint8_t *d, size_t len, uint32_t seq, uint16_t sid,
@@ -208,11 +171,11 @@ size_t fp_seal_inplace(fp_satp *s, uint8_t *d, size_t len, uint32_t seq, uint16_
     size_t n = FP_DATA_OFF + len;
     if (s->suite.tag_len) {
         uint8_t mac[20];
-        hmac_sha1(k.auth, d, n, mac);
+        s->ops->hmac_sha1(k.auth, AUTH_KEY_LEN, d, n, mac);
         memcpy(d + n, mac + 20 - s->suite.tag_len, (size_t)s->suite.tag_len);
         n += (size_t)s->suite.tag_len;
     }
-    OPENSSL_cleanse(&k, sizeof(k));
+    fp_wipe(&k, sizeof(k));
     return n;
 }
 
@@ -228,14 +191,14 @@ long fp_open_inplace(fp_satp *s, uint8_t *d, size_t len, fp_hdr *h) {
     size_t end = len - tag;
     if (tag) {
         uint8_t mac[20];
-        hmac_sha1(k.auth, d, end, mac);
-        if (CRYPTO_memcmp(mac + 20 - tag, d + end, tag) != 0) {
-            OPENSSL_cleanse(&k, sizeof(k));
+        s->ops->hmac_sha1(k.auth, AUTH_KEY_LEN, d, end, mac);
+        if (fp_memcmp_ct(mac + 20 - tag, d + end, tag) != 0) {
+            fp_wipe(&k, sizeof(k));
             return FP_ERR_AUTH;
         }
     }
     crypt_payload(s, &k, h->seq, h->sender_id, h->mux, d + FP_HEADER_LEN, end - FP_HEADER_LEN);
-    OPENSSL_cleanse(&k, sizeof(k));
+    fp_wipe(&k, sizeof(k));
     h->payload_type = rd16(d + FP_HEADER_LEN);
     return (long)(end - FP_DATA_OFF);
 }
@@ -267,7 +230,7 @@ int fp_prf(fp_satp *s, uint32_t label, uint32_t seq, uint8_t *out, size_t length
     uint8_t blocks[64], stream[64];
     for (size_t done = 0; done < length; done += sizeof(stream)) {
         size_t want = length - done < sizeof(stream) ? length - done : sizeof(stream);
-        int n = (int)((want + 15) / 16), outl = 0;
+        int n = (int)((want + 15) / 16);
         /* the counter continues across chunks: start at block done/16 */
         uint8_t b[16];
         counter_blocks(s, label, seq, blocks, 1);
@@ -280,7 +243,7 @@ int fp_prf(fp_satp *s, uint32_t label, uint32_t seq, uint8_t *out, size_t length
             for (int i = 15; i >= 0 && ++b[i] == 0; i--)
                 ;
         }
-        if (!EVP_EncryptUpdate(s->kd, stream, &outl, blocks, 16 * n))
+        if (s->ops->ecb(s->kd, blocks, stream, n))
             return -1;
         memcpy(out + done, stream, want);
     }

@@ -30,7 +30,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from relay.fastpath import Engine, FastpathError, ReplayParams, SatpCrypto, available
+from relay.fastpath import (
+    Engine,
+    FastpathError,
+    ReplayParams,
+    SatpCrypto,
+    available,
+    crypto_name,
+)
 from relay.satp import PT_ETHERNET, PT_IPV4, PT_IPV6
 from relay.transport.remote import STREAM_KINDS, Remote
 from relay.tunnel import packet as pk
@@ -193,8 +200,8 @@ class FastPlane:
         self._seen = {}
         assert self._loop is not None
         self._loop.add_reader(self.engine.fileno(), self._on_engine)
-        log.info("fast path running for mux %d (offloads: %s)", conn.mux,
-                 ", ".join(self.engine.offloads()) or "none")
+        log.info("fast path running for mux %d (crypto %s, offloads: %s)", conn.mux,
+                 crypto_name(), ", ".join(self.engine.offloads()) or "none")
 
     def _stop_engine(self) -> None:
         if self.engine is None:
@@ -319,7 +326,7 @@ class FastPlane:
     # -- status -----------------------------------------------------------------------------------
     def status(self) -> dict:
         out: dict[str, Any] = {"kind": "c-fastpath", "running": self.engine is not None,
-                               "peer_restarts": self._restarts}
+                               "crypto": crypto_name(), "peer_restarts": self._restarts}
         if self._error:
             out["error"] = self._error
         if self.engine is not None:

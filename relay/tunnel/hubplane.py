@@ -38,7 +38,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from relay.fastpath import FastpathError, ReplayParams, available
+from relay.fastpath import FastpathError, ReplayParams, available, crypto_name
 from relay.fastpath.hub import (
     NODE_DROPS,
     ConnSpec,
@@ -514,6 +514,7 @@ class HubPlane:
     # -- status -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": "c-hub", "running": self.hub.running,
+                               "crypto": crypto_name(),
                                "peer_restarts": self._restarts}
         if self.hub.running:
             info = self.hub.info()

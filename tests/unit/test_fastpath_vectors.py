@@ -1,10 +1,12 @@
 """The C fast path against the captured datagrams of the real anytun/uanytun and against the
-Python core (relay.satp): same bytes for seal, same answers for open and for the replay window.
+Python core (relay.satp): same bytes for seal, same answers for open and for the replay window;
+every test runs on both crypto implementations (AES-NI/SHA-NI and OpenSSL's libcrypto).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -13,13 +15,18 @@ from hypothesis import strategies as st
 from relay import fastpath
 from relay.satp import MasterKey, OpenError, ReplayGuard, Role, SatpContext, Suite, Verdict
 from relay.satp.kdf import LABELS, KeyDerivation
-from tests.conftest import require
+from tests.conftest import cpu_has_aes_and_sha, require
 from tests.satp_captures import ENTRIES, ENTRY_IDS, master_of, suite_of
 
 
-@pytest.fixture(autouse=True)
-def _built() -> None:
+@pytest.fixture(autouse=True, scope="module", params=["builtin", "openssl"])
+def crypto(request: pytest.FixtureRequest) -> Iterator[str]:
     require(fastpath.available(), f"the C fast path ({fastpath.unavailable_reason()})")
+    if request.param == "builtin" and not cpu_has_aes_and_sha():
+        pytest.skip("needs a CPU with AES-NI and SHA-NI (the OpenSSL run covers this one)")
+    fastpath.use_crypto(request.param)
+    yield fastpath.crypto_name()
+    fastpath.use_crypto("auto")
 
 
 @pytest.mark.parametrize("e", ENTRIES, ids=ENTRY_IDS)
