@@ -8,7 +8,7 @@
 # than the versions pyproject.toml requires and the suite tests, and icmplib is not packaged;
 # a private venv keeps the daemons independent of what else the host installs. The package
 # depends only on Debian's python3 (3.11: the venv's site-packages is lib/python3.11) and the
-# C libraries its compiled parts link (libc6, libssl3).
+# C libraries its compiled parts link or load (libc6; libssl3 where the CPU lacks AES-NI/SHA-NI).
 set -euo pipefail
 root=${1:?staged tree}; out=${2:?output directory}
 here=$(cd "$(dirname "$0")" && pwd)
