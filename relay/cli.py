@@ -20,8 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aarp.ops import cli as opscli
-from relay import __version__, configfile, node, status
-from relay.announce import cli as announce_cli
+from relay import __version__, configfile, node
 from relay.cluster import cli as cluster_cli
 from relay.rtpproxy import cli as rtpproxy_cli
 from relay.runtime import process
@@ -175,9 +174,30 @@ def _holds_keys(settings: node.Settings) -> bool:
     return isinstance(t, ServerSettings) and any(c.master for c in t.connections)
 
 
+# The commands' modules are imported when one runs: the daemon never loads them.
+def _status(argv: list[str]) -> int:
+    from relay import status
+    return status.main(argv)
+
+
+def _health(argv: list[str]) -> int:
+    from relay import status
+    return status.health_main(argv)
+
+
+def _drain(argv: list[str]) -> int:
+    from relay import status
+    return status.drain_main(argv)
+
+
+def _exabgp(argv: list[str]) -> int:
+    from relay.announce import cli as announce_cli
+    return announce_cli.main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "status": status.main, "health": status.health_main, "drain": status.drain_main,
-    "exabgp": announce_cli.main, "check-config": lambda a: opscli.run(lambda: check_config(a))}
+    "status": _status, "health": _health, "drain": _drain, "exabgp": _exabgp,
+    "check-config": lambda a: opscli.run(lambda: check_config(a))}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,8 +12,8 @@ systemd logs each line once, with its priority and without a second timestamp.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
+import socket
 import sys
 from typing import TextIO
 
@@ -84,15 +84,72 @@ def file_handler(path: str) -> logging.Handler:
     return handler
 
 
-class _SysLog(logging.handlers.SysLogHandler):
-    def mapPriority(self, levelName: str) -> str:  # NOTICE is a syslog priority of its own
-        return "notice" if levelName == "NOTICE" else super().mapPriority(levelName)
+# syslog's facility codes (RFC 5424 table 1, with the names syslog.conf uses)
+FACILITIES = {"kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6,
+              "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "ntp": 12,
+              "security": 13, "console": 14, "solaris-cron": 15,
+              **{f"local{n}": 16 + n for n in range(8)}}
+# by level name, a level of another name is a warning (as the standard library's handler has it)
+_SYSLOG_PRIORITY = {"CRITICAL": 2, "ERROR": 3, "WARNING": 4, "NOTICE": 5, "INFO": 6, "DEBUG": 7}
+
+
+class SyslogHandler(logging.Handler):
+    """`<PRI>ident[pid]: logger: message` and a NUL to the local syslog socket, a datagram
+    socket (a stream one where the daemon offers only that); one reconnect when a send fails,
+    as when the syslog daemon restarted and bound a new socket. The standard library's handler
+    would do the same but costs logging.handlers with pickle and queue in every daemon."""
+
+    def __init__(self, address: str, facility: int) -> None:
+        super().__init__()
+        self.address = address
+        self.facility = facility
+        self.socktype: int | None = None     # found at the first connect, then kept
+        self.sock = self._connect()
+
+    def _connect(self) -> socket.socket:
+        try:
+            return self._connect_as(self.socktype or socket.SOCK_DGRAM)
+        except OSError:
+            if self.socktype:
+                raise
+            return self._connect_as(socket.SOCK_STREAM)
+
+    def _connect_as(self, kind: int) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, kind)
+        try:
+            sock.connect(self.address)
+        except OSError:
+            sock.close()
+            raise
+        self.socktype = kind
+        return sock
+
+    def encode(self, record: logging.LogRecord) -> bytes:
+        pri = self.facility << 3 | _SYSLOG_PRIORITY.get(record.levelname, 4)
+        return f"<{pri}>".encode() + (self.format(record) + "\0").encode()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = self.encode(record)
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                self.sock.close()
+                self.sock = self._connect()
+                self.sock.sendall(data)
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        with self.lock:    # (the lock: not while a record is being sent)
+            self.sock.close()
+        super().close()
 
 
 def syslog_handler(ident: str, facility: str = "daemon") -> logging.Handler:
     """A handler writing to the local syslog socket; an error when there is none (rather than
     a silent fallback to UDP localhost:514, where nobody may listen)."""
-    fac = logging.handlers.SysLogHandler.facility_names.get(facility)
+    fac = FACILITIES.get(facility)
     if fac is None:
         raise LogTargetError(f"unknown syslog facility {facility!r}; use e.g. daemon, user, "
                              "local0 .. local7")
@@ -100,7 +157,7 @@ def syslog_handler(ident: str, facility: str = "daemon") -> logging.Handler:
         raise LogTargetError(f"no syslog socket {DEVLOG} (no syslog daemon or journald "
                              "here); log to stderr or a file instead")
     try:
-        handler = _SysLog(address=DEVLOG, facility=fac)
+        handler = SyslogHandler(DEVLOG, fac)
     except OSError as exc:
         raise LogTargetError(f"cannot connect to {DEVLOG}: {exc.strerror or exc}") from None
     handler.setFormatter(logging.Formatter(f"{ident}[%(process)d]: %(name)s: %(message)s"))

@@ -16,11 +16,12 @@ import logging
 import re
 from collections.abc import Callable
 
+from relay.cluster import defaults
 from relay.runtime.errors import ConfigError
 from relay.satp.archive import Decoder, Message, SyncProtocolError, encode
 
 log = logging.getLogger("anytun-relay.sync")
-DEFAULT_PORT = 2323
+DEFAULT_PORT = defaults.SYNC_PORT
 RETRY_SECONDS = 10.0
 MAX_BACKLOG = 1 << 20   # a sync client that does not read this much is dropped
 CLEAR_TEXT_WARNING = ("anytun sync protocol: master keys travel in clear and peers are not "

@@ -8,18 +8,17 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import socket
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from relay.cluster import handover as ho
-from relay.cluster import tcp_forward as tf
-from relay.cluster.anytun_sync_io import DEFAULT_PORT, parse_peers
-from relay.cluster.handover import HandoverOptions, check_address
-from relay.cluster.records import NODE_RE
-from relay.cluster.redis_url import check_url
-from relay.cluster.secrets import ClusterKey
-from relay.cluster.settings import ClusterSettings, RedisSettings
-from relay.cluster.tcp_forward import AnycastTcpOptions
+from relay.cluster import defaults as d
 from relay.runtime.errors import ConfigError
+
+# The parser needs only the defaults: the rest of the cluster is imported when it is configured.
+if TYPE_CHECKING:
+    from relay.cluster.handover import HandoverOptions
+    from relay.cluster.secrets import ClusterKey
+    from relay.cluster.settings import ClusterSettings, RedisSettings
+    from relay.cluster.tcp_forward import AnycastTcpOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="anytun sync protocol: local address of the -S listener")
     g.add_argument("-M", "--sync-hosts", metavar="HOST[:PORT][,...]",
                    help=f"anytun sync protocol: read from these anytun -S listeners (default "
-                   f"port {DEFAULT_PORT}); keys travel in clear")
+                   f"port {d.SYNC_PORT}); keys travel in clear")
     g.add_argument("--health-needs-sync", action="store_true",
                    help="report this node unhealthy (so announcers withdraw its anycast "
                    "prefixes) while the --sync backend is unreachable")
@@ -56,16 +55,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "node's port block and hand packets of other nodes' flows to them over VXLAN")
     h.add_argument("--handover-ports", metavar="START-END",
                    help="source ports cut into one block per sender ID (default "
-                   f"{ho.DEFAULT_PORTS[0]}-{ho.DEFAULT_PORTS[1]}); the same on every node")
+                   f"{d.HANDOVER_PORTS[0]}-{d.HANDOVER_PORTS[1]}); the same on every node")
     h.add_argument("--handover-block", type=int, metavar="N",
-                   help=f"ports per node (default {ho.DEFAULT_BLOCK})")
+                   help=f"ports per node (default {d.HANDOVER_BLOCK})")
     h.add_argument("--handover-vni", type=int, metavar="VNI",
-                   help=f"VXLAN network identifier (default {ho.DEFAULT_VNI})")
+                   help=f"VXLAN network identifier (default {d.HANDOVER_VNI})")
     h.add_argument("--handover-udp-port", type=int, metavar="PORT",
-                   help=f"VXLAN UDP port (default {ho.DEFAULT_UDP_PORT})")
+                   help=f"VXLAN UDP port (default {d.HANDOVER_UDP_PORT})")
     h.add_argument("--handover-table", type=int, metavar="N",
                    help=f"routing table and rule preference for the hop routes (default "
-                   f"{ho.DEFAULT_TABLE})")
+                   f"{d.HANDOVER_TABLE})")
     a = parser.add_argument_group("full anycast TCP across nodes (needs --sync redis://... "
                                   "and --cluster-key-file)")
     a.add_argument("--anycast-tcp", metavar="ADDR",
@@ -79,11 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "kept on their node (e.g. 80,443)")
     a.add_argument("--anycast-tcp-timeout", type=float, metavar="SECONDS",
                    help=f"a node not heard for this long is dead and its connections are "
-                   f"taken over (default {AnycastTcpOptions.timeout:g})")
+                   f"taken over (default {d.ANYCAST_TCP_TIMEOUT:g})")
     a.add_argument("--anycast-tcp-vni", type=int, metavar="VNI",
-                   help=f"VXLAN network identifier of the link (default {tf.DEFAULT_VNI})")
+                   help=f"VXLAN network identifier of the link (default {d.ANYCAST_TCP_VNI})")
     a.add_argument("--anycast-tcp-udp-port", type=int, metavar="PORT",
-                   help=f"VXLAN UDP port of the link (default {tf.DEFAULT_UDP_PORT})")
+                   help=f"VXLAN UDP port of the link (default {d.ANYCAST_TCP_UDP_PORT})")
 
 
 HANDOVER_OPTIONS = ("handover", "handover_ports", "handover_block", "handover_vni",
@@ -101,7 +100,8 @@ def requested(args: argparse.Namespace) -> bool:
 
 def _read_secret(path: str, what: str) -> str:
     try:
-        return Path(path).read_text().strip()
+        with open(path) as f:
+            return f.read().strip()
     except OSError as exc:
         raise ConfigError(f"{what} {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -109,6 +109,9 @@ def _read_secret(path: str, what: str) -> str:
 
 
 def _redis(args: argparse.Namespace) -> RedisSettings | None:
+    from relay.cluster.records import NODE_RE
+    from relay.cluster.redis_url import check_url
+    from relay.cluster.settings import RedisSettings
     url = args.sync or "memory"
     if url == "memory":
         if args.sync_password_file or args.sync_tls_ca or args.sync_tls_cert or \
@@ -153,6 +156,7 @@ def _handover(args: argparse.Namespace) -> HandoverOptions | None:
     given = [o for o in HANDOVER_OPTIONS if getattr(args, o, None) is not None]
     if not given:
         return None
+    from relay.cluster import handover as ho
     if args.handover is None:
         raise ConfigError(f"--{given[0].replace('_', '-')} needs --handover ADDR")
     ports = ho.DEFAULT_PORTS
@@ -161,11 +165,11 @@ def _handover(args: argparse.Namespace) -> HandoverOptions | None:
             ports = ho.parse_range(args.handover_ports)
         except ho.HandoverError as exc:
             raise ConfigError(f"--handover-ports: {exc}") from None
-    opts = HandoverOptions(check_address(args.handover), ports,
-                           args.handover_block or ho.DEFAULT_BLOCK,
-                           ho.DEFAULT_VNI if args.handover_vni is None else args.handover_vni,
-                           args.handover_udp_port or ho.DEFAULT_UDP_PORT,
-                           args.handover_table or ho.DEFAULT_TABLE)
+    opts = ho.HandoverOptions(ho.check_address(args.handover), ports,
+                              args.handover_block or ho.DEFAULT_BLOCK,
+                              ho.DEFAULT_VNI if args.handover_vni is None else args.handover_vni,
+                              args.handover_udp_port or ho.DEFAULT_UDP_PORT,
+                              args.handover_table or ho.DEFAULT_TABLE)
     if not 0 < opts.vni < 1 << 24:
         raise ConfigError(f"--handover-vni {opts.vni}: 1..16777215")
     if not 0 < opts.udp_port < 65536:
@@ -180,6 +184,8 @@ def _anycast_tcp(args: argparse.Namespace, key: ClusterKey | None,
     given = [o for o in ANYCAST_TCP_OPTIONS if getattr(args, o, None) is not None]
     if not given:
         return None
+    from relay.cluster.handover import check_address
+    from relay.cluster.tcp_forward import AnycastTcpOptions
     if args.anycast_tcp is None:
         raise ConfigError(f"--{given[0].replace('_', '-')} needs --anycast-tcp ADDR")
     if redis is None:
@@ -206,13 +212,14 @@ def _anycast_tcp(args: argparse.Namespace, key: ClusterKey | None,
                 raise ConfigError(f"--anycast-tcp-ports: {part.strip()!r} is not a port "
                                   "(1-65535)")
             ports.append(int(part))
-    timeout = 1.0 if args.anycast_tcp_timeout is None else args.anycast_tcp_timeout
+    timeout = d.ANYCAST_TCP_TIMEOUT if args.anycast_tcp_timeout is None \
+        else args.anycast_tcp_timeout
     if not 0.3 <= timeout <= 60:
         raise ConfigError(f"--anycast-tcp-timeout {timeout:g}: 0.3..60 seconds")
-    vni = tf.DEFAULT_VNI if args.anycast_tcp_vni is None else args.anycast_tcp_vni
+    vni = d.ANYCAST_TCP_VNI if args.anycast_tcp_vni is None else args.anycast_tcp_vni
     if not 0 < vni < 1 << 24:
         raise ConfigError(f"--anycast-tcp-vni {vni}: 1..16777215")
-    udp = args.anycast_tcp_udp_port or tf.DEFAULT_UDP_PORT
+    udp = args.anycast_tcp_udp_port or d.ANYCAST_TCP_UDP_PORT
     if not 0 < udp < 65536:
         raise ConfigError(f"--anycast-tcp-udp-port {udp}: 1..65535")
     return AnycastTcpOptions(address, tuple(anycast), tuple(sorted(set(ports))), vni, udp,
@@ -223,6 +230,10 @@ def settings_from_args(args: argparse.Namespace) -> ClusterSettings | None:
     """The cluster the command line describes, or None if it asks for none."""
     if not requested(args):
         return None
+    from relay.cluster.anytun_sync_io import parse_peers
+    from relay.cluster.records import NODE_RE
+    from relay.cluster.secrets import ClusterKey
+    from relay.cluster.settings import ClusterSettings
     if args.sync_node is not None and not NODE_RE.match(args.sync_node):
         raise ConfigError(f"--sync-node {args.sync_node!r}: letters, digits and ._:- only "
                           "(max 64)")

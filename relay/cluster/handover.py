@@ -35,13 +35,14 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from relay.cluster import defaults
 from relay.runtime.errors import ConfigError, RelayError
 
-DEFAULT_PORTS = (10240, 32767)   # below Linux's ephemeral ports (32768-60999)
-DEFAULT_BLOCK = 1024
-DEFAULT_VNI = 0x616E01
-DEFAULT_UDP_PORT = 4789
-DEFAULT_TABLE = 24942            # routing table and rule preference of the hop routes
+DEFAULT_PORTS = defaults.HANDOVER_PORTS
+DEFAULT_BLOCK = defaults.HANDOVER_BLOCK
+DEFAULT_VNI = defaults.HANDOVER_VNI
+DEFAULT_UDP_PORT = defaults.HANDOVER_UDP_PORT
+DEFAULT_TABLE = defaults.HANDOVER_TABLE
 
 
 class HandoverError(RelayError, ValueError):

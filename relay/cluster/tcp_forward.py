@@ -32,11 +32,12 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from relay.cluster import defaults
 from relay.cluster.tcp_owner import Flow
 
 DEFAULT_DEVICE = "atcp0"
-DEFAULT_VNI = 0x617463
-DEFAULT_UDP_PORT = 4789
+DEFAULT_VNI = defaults.ANYCAST_TCP_VNI
+DEFAULT_UDP_PORT = defaults.ANYCAST_TCP_UDP_PORT
 DEFAULT_TABLE = 24943            # routing table and rule preference of the hop routes
 DEFAULT_GROUP = 24943            # nfnetlink_log group
 DEFAULT_MARK = 0x61746370        # SO_MARK of the transport's live sockets
@@ -334,5 +335,5 @@ class AnycastTcpOptions:
     group: int = DEFAULT_GROUP
     device: str = DEFAULT_DEVICE
     beat: float = 0.25
-    timeout: float = 1.0
+    timeout: float = defaults.ANYCAST_TCP_TIMEOUT
     scan: float = 2.0

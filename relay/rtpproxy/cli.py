@@ -7,11 +7,14 @@ import argparse
 import ipaddress
 import os
 import socket
+from typing import TYPE_CHECKING
 
-from relay.rtpproxy.ports import parse_port_range
-from relay.rtpproxy.sessions import LATCH_POLICIES
-from relay.rtpproxy.settings import DEFAULT_CONTROL_PORT, ControlSpec, RelayConfig
+from relay.rtpproxy.defaults import DEFAULT_CONTROL_PORT, LATCH_POLICIES
 from relay.runtime.errors import ConfigError
+
+# The parser needs only the defaults: the settings are imported when relay mode is configured.
+if TYPE_CHECKING:
+    from relay.rtpproxy.settings import ControlSpec, RelayConfig
 
 DEFAULT_PORTS = "35000-65000"
 DEFAULT_TIMEOUT = 60.0
@@ -52,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_control(text: str) -> ControlSpec:
+    from relay.rtpproxy.settings import ControlSpec
     kind, sep, rest = text.partition(":")
     kind = kind.lower()
     if not sep or kind not in ("udp", "udp6", "unix"):
@@ -118,6 +122,7 @@ def parse_ng(text: str) -> ControlSpec:
         h, n = _split_host_port(f"[{host}]:{port}" if v6 else f"{host}:{port}", v6, text)
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("--rtpproxy", "--listen-ng")) from None
+    from relay.rtpproxy.settings import ControlSpec
     return ControlSpec("udp6" if v6 else "udp", host=h, port=n)
 
 
@@ -156,6 +161,8 @@ def settings_from_args(args: argparse.Namespace) -> RelayConfig | None:
             raise ConfigError(f"{extras[0]} belongs to relay mode: add --rtpproxy udp:ADDR:PORT "
                               "or --listen-ng ADDR:PORT")
         return None
+    from relay.rtpproxy.ports import parse_port_range
+    from relay.rtpproxy.settings import RelayConfig
     specs = [parse_control(c) for c in controls]
     ng_specs = [parse_ng(c) for c in ng_controls]
     seen: set[tuple] = set()

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 log = logging.getLogger("anytun-relay.rtpproxy")
 
 HOLD_ADDRESSES = frozenset({"0.0.0.0", "::"})
-LATCH_POLICIES = ("ip", "any")
 
 SessionKey = tuple[str, int, str]   # (call-id, media index, tag of party a)
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-DEFAULT_CONTROL_PORT = 22222
-
 
 @dataclass(frozen=True)
 class ControlSpec:

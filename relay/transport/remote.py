@@ -28,14 +28,23 @@ class Remote(NamedTuple):
         return f"{host}:{self.port}{suffix}"
 
 
-def resolve_host(host: str, families: tuple[int, ...]) -> str:
+def resolve_host(host: str, families: tuple[int, ...], flags: int = 0) -> str:
     """First address of `host` in the allowed families (numeric addresses pass through)."""
     with contextlib.suppress(ValueError):  # a literal: no resolver (nor its IDNA codec)
         addr = ipaddress.ip_address(host)
         if addr.version in families:
             return str(addr)
     af = {(4,): socket.AF_INET, (6,): socket.AF_INET6}.get(families, socket.AF_UNSPEC)
-    infos = socket.getaddrinfo(host, None, af, socket.SOCK_DGRAM)
+    infos = socket.getaddrinfo(host, None, af, socket.SOCK_DGRAM, 0, flags)
     if not infos:
         raise OSError(f"{host}: no address")
     return infos[0][4][0]
+
+
+def literal_host(host: str, families: tuple[int, ...]) -> str | None:
+    """resolve_host's answer when `host` is an address, None for a name: AI_NUMERICHOST asks
+    no resolver, so it never blocks and may run on the event loop."""
+    try:
+        return resolve_host(host, families, socket.AI_NUMERICHOST)
+    except OSError:
+        return None

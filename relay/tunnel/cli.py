@@ -21,7 +21,6 @@ from relay.satp import KeyMaterialError, MasterKey, Role, Suite, SuiteError
 from relay.satp import keys as satp_keys
 from relay.transport.remote import resolve_host
 from relay.tunnel import nodefile
-from relay.tunnel.controld import parse_host
 from relay.tunnel.dataplane import MAX_DATAGRAM
 from relay.tunnel.device import IfConfig
 from relay.tunnel.routes import Prefix, RouteError
@@ -327,6 +326,8 @@ def _from_file(args: argparse.Namespace) -> ServerSettings:
 
 
 def _controld(args: argparse.Namespace) -> ServerSettings:
+    # imported here: the client of anytun-controld (and its archive codec) only for -X
+    from relay.tunnel.controld import parse_host
     try:
         host, port = parse_host(args.control_host)
     except ValueError as exc:

@@ -20,19 +20,24 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from relay import fastpath
 from relay.runtime.errors import ConfigError
 from relay.runtime.logtargets import NOTICE
 from relay.satp.codec import OpenError, peek
-from relay.transport.anycast_tcp import AnycastTcpTransport
 from relay.transport.remote import Remote
-from relay.transport.tcp import TcpTransport
 from relay.transport.udp import TransportError, UdpTransport
-from relay.tunnel import fastplane, hubplane
+from relay.tunnel import fastplane
 from relay.tunnel.dataplane import Dataplane, DataplaneConfig
 from relay.tunnel.device import Device, DeviceError, IfConfig
 from relay.tunnel.table import Connection, ConnectionTable, Event, RemoteChanged
+
+# The stream transports and the hub are imported when the configuration uses them: a peer
+# over UDP never loads them.
+if TYPE_CHECKING:
+    from relay.transport.anycast_tcp import AnycastTcpTransport
+    from relay.transport.tcp import TcpTransport
 
 log = logging.getLogger("anytun-relay")
 
@@ -101,6 +106,7 @@ class Endpoint:
                     t = UdpTransport(s.bind, s.port, s.families, lite=kind == "udplite",
                                      reuseport=many)
                 elif kind == "anycast-tcp":
+                    from relay.transport.anycast_tcp import AnycastTcpTransport
                     t = AnycastTcpTransport(
                         listen=(s.bind, s.port) if s.anycast_listen else None,
                         connect=s.anycast_connect, keepalive=s.keepalive,
@@ -108,6 +114,7 @@ class Endpoint:
                         on_connected=self._tcp_connected, proven=self._in_use,
                         unproven_timeout=s.stream_unproven_timeout)
                 else:
+                    from relay.transport.tcp import TcpTransport
                     t = TcpTransport(
                         listen=(s.bind, s.port) if s.tcp_listen else None,
                         connect=s.tcp_connect, on_connected=self._tcp_connected,
@@ -177,8 +184,11 @@ class Endpoint:
                           "udplite" in self.transports, self.table, self.settings.dataplane,
                           self.dataplane, self._send, self._write_device,
                           dict(self.transports))
-        ext: fastplane.ExternalDataplane | None = hubplane.create_dataplane(handoff) or \
-            fastplane.create_dataplane(handoff)
+        ext: fastplane.ExternalDataplane | None = None
+        if fastplane.wants_hub(handoff):
+            from relay.tunnel import hubplane
+            ext = hubplane.create_dataplane(handoff)
+        ext = ext or fastplane.create_dataplane(handoff)
         if ext is None and mode == "fast":
             raise ConfigError("--dataplane fast: the fast path declined this configuration")
         if ext is not None:

@@ -120,6 +120,12 @@ def offloads_wanted() -> bool:
     return os.environ.get("RELAY_FASTPATH_OFFLOADS", "1").lower() not in ("0", "no", "off")
 
 
+def wants_hub(handoff: Handoff) -> bool:
+    """A server (routing) or a stream transport runs on the hub (relay.tunnel.hubplane); one
+    connection over UDP on the point-to-point engine here."""
+    return handoff.config.routing or bool(set(handoff.transports) & set(STREAM_KINDS))
+
+
 def create_dataplane(handoff: Handoff) -> FastPlane | None:
     """The fast plane for this endpoint, or None to decline (the Python data plane runs)."""
     if not available():

@@ -49,7 +49,7 @@ from relay.fastpath.hub import (
 )
 from relay.satp import PT_ETHERNET
 from relay.transport.remote import STREAM_KINDS, Remote
-from relay.tunnel.fastplane import Handoff, answer_oversize, offloads_wanted
+from relay.tunnel.fastplane import Handoff, answer_oversize, offloads_wanted, wants_hub
 from relay.tunnel.table import (
     Connection,
     ConnectionAdded,
@@ -92,8 +92,7 @@ def create_dataplane(handoff: Handoff) -> HubPlane | None:
     of relay.tunnel.fastplane, or the Python plane, serves it)."""
     if not available():
         return None
-    cfg = handoff.config
-    if not cfg.routing and not set(handoff.transports) & set(STREAM_KINDS):
+    if not wants_hub(handoff):
         return None  # one connection over UDP: the point-to-point engine
     foreign = sorted(set(handoff.transports) - CARRIED)
     if foreign:  # its datagrams would reach the Python plane: two planes, two seq counters

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from relay.runtime.errors import ConfigError
 from relay.runtime.logtargets import NOTICE
 from relay.satp import Suite
-from relay.transport.remote import STREAM_KINDS, Remote, resolve_host
-from relay.transport.tcp import Resolve
+from relay.transport.remote import STREAM_KINDS, Remote, literal_host, resolve_host
 from relay.tunnel.dataplane import DataplaneConfig
 from relay.tunnel.endpoint import Endpoint, EndpointSettings
 from relay.tunnel.node import TunnelNode, around, endpoint_settings
 from relay.tunnel.seqstore import SeqFileError, SeqStore
 from relay.tunnel.settings import PeerSettings, TcpClient
 from relay.tunnel.table import ConnectionTable
+
+if TYPE_CHECKING:
+    from relay.transport.tcp import Resolve
 
 log = logging.getLogger("anytun-relay")
 
@@ -52,7 +55,9 @@ class PeerEndpoint(Endpoint):
         loop = asyncio.get_running_loop()
         kind = next(k for k in self.settings.transports if k not in STREAM_KINDS)
         assert self.remote_host is not None
-        while True:
+        # an address needs no resolver: taken at once, with no thread of the executor
+        host = literal_host(self.remote_host, self.settings.families)
+        while host is None:
             try:
                 host = await loop.run_in_executor(None, resolve_host, self.remote_host,
                                                   self.settings.families)
@@ -60,12 +65,10 @@ class PeerEndpoint(Endpoint):
                 log.warning("cannot resolve remote host %s (%s); retrying in 10s",
                             self.remote_host, exc)
                 await asyncio.sleep(10)
-                continue
-            conn = self.table.get(self.mux)
-            if conn is not None and conn.remote is None:
-                self.table.set_remote(conn, Remote(kind, host, self.remote_port))
-                log.log(NOTICE, "remote host %s", conn.remote)
-            return
+        conn = self.table.get(self.mux)
+        if conn is not None and conn.remote is None:
+            self.table.set_remote(conn, Remote(kind, host, self.remote_port))
+            log.log(NOTICE, "remote host %s", conn.remote)
 
     def _tcp_remote(self, remote: Remote | None) -> None:
         conn = self.table.get(self.mux)
@@ -80,7 +83,8 @@ def tcp_resolver(client: TcpClient, families: tuple[int, ...]) -> Resolve:
     or -r itself when AARP is off, unavailable or silent."""
     async def resolve() -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        addr = await loop.run_in_executor(None, resolve_host, client.host, families)
+        addr = literal_host(client.host, families) or \
+            await loop.run_in_executor(None, resolve_host, client.host, families)
         if not client.use_aarp:
             return addr, client.port
         # imported here: only a TCP client needs the AARP resolver (and what it imports)

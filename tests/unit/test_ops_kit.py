@@ -1,12 +1,16 @@
 """aarp.ops: the Prometheus text format (checked by prometheus_client's own parser), sd_notify
-over a real datagram socket, the journald and syslog log variants, and capabilities read from
+over a real datagram socket, the journald and syslog log variants (syslog over real Unix
+sockets), and capabilities read from
 the kernel (the HTTP listener: test_ops_http.py)."""
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import socket
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,6 +106,96 @@ def test_missing_syslog_socket_is_an_error(monkeypatch: pytest.MonkeyPatch,
         logfmt.syslog_handler("anytun-relay", "nonsense")
     with pytest.raises(logfmt.LogTargetError, match="cannot open"):
         logfmt.file_handler("/proc/no/such/dir/x.log")
+
+
+@pytest.fixture
+def devlog(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A syslog socket path of our own (short: tmp_path may exceed a socket name's 107 bytes)."""
+    with tempfile.TemporaryDirectory(prefix="log") as d:
+        path = os.path.join(d, "log")
+        monkeypatch.setattr(logfmt, "DEVLOG", path)
+        yield path
+
+
+def _listen(path: str, kind: int = socket.SOCK_DGRAM) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, kind)
+    s.bind(path)
+    s.settimeout(5)
+    return s
+
+
+def test_syslog_bytes_facility_and_priority(devlog: str) -> None:
+    srv = _listen(devlog)
+    h = logfmt.syslog_handler("anytun-relay", "local3")
+    try:
+        h.handle(_record(logfmt.NOTICE, "listening on udp \u00fc"))
+        assert srv.recv(4096) == (f"<157>anytun-relay[{os.getpid()}]: anytun-relay.udp: "
+                                  "listening on udp \u00fc\0").encode()   # 19 << 3 | 5
+        for level, pri in ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+                           (logging.INFO, 6), (logging.DEBUG, 7), (15, 4)):
+            h.handle(_record(level, "x"))
+            assert srv.recv(4096).startswith(f"<{19 << 3 | pri}>anytun-relay[".encode())
+    finally:
+        h.close()
+        srv.close()
+    assert logging.handlers.SysLogHandler.facility_names == logfmt.FACILITIES
+
+
+def test_syslog_bytes_are_the_standard_librarys(devlog: str) -> None:
+    srv = _listen(devlog)
+    ours = logfmt.syslog_handler("aarp-responder", "daemon")
+    std = logging.handlers.SysLogHandler(devlog, logfmt.FACILITIES["daemon"])
+    std.setFormatter(ours.formatter)
+    try:
+        for level in (logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG):
+            ours.handle(_record(level, "ping 10.0.0.1"))
+            std.handle(_record(level, "ping 10.0.0.1"))
+            assert srv.recv(4096) == srv.recv(4096)
+    finally:
+        ours.close()
+        std.close()
+        srv.close()
+
+
+def test_syslog_reconnects_when_the_socket_is_recreated(devlog: str) -> None:
+    srv = _listen(devlog)
+    h = logfmt.syslog_handler("anytun-relay")
+    try:
+        h.handle(_record(logging.ERROR, "before"))
+        assert srv.recv(4096).endswith(b"before\0")
+        srv.close()                       # the syslog daemon restarts: a new socket, same name
+        os.unlink(devlog)
+        srv = _listen(devlog)
+        h.handle(_record(logging.ERROR, "after"))
+        assert srv.recv(4096) == f"<27>anytun-relay[{os.getpid()}]: anytun-relay.udp: after\0" \
+            .encode()
+    finally:
+        h.close()
+        srv.close()
+
+
+def test_syslog_over_a_stream_socket(devlog: str) -> None:
+    srv = _listen(devlog, socket.SOCK_STREAM)
+    srv.listen(1)
+    h = logfmt.syslog_handler("anytun-relay")
+    conn = srv.accept()[0]
+    try:
+        h.handle(_record(logging.ERROR, "one"))
+        h.handle(_record(logging.ERROR, "two"))
+        got = b""
+        while got.count(b"\0") < 2:
+            got += conn.recv(4096)
+        assert [m.rpartition(b": ")[2] for m in got.split(b"\0")[:2]] == [b"one", b"two"]
+    finally:
+        h.close()
+        conn.close()
+        srv.close()
+
+
+def test_syslog_socket_nobody_listens_on_is_an_error(devlog: str) -> None:
+    _listen(devlog).close()               # the name is left, nobody reads it
+    with pytest.raises(logfmt.LogTargetError, match=r"cannot connect to .*refused"):
+        logfmt.syslog_handler("anytun-relay")
 
 
 def test_capabilities_of_this_process() -> None:
