@@ -53,6 +53,10 @@ COMMANDS = [
              "SYSTEMD": "Type=notify: READY=1 once every service runs, RELOADING=1 on SIGHUP, "
              "STOPPING=1, WATCHDOG=1 pings from the event loop. Under systemd it logs to the "
              "journal with priorities, without timestamps of its own.",
+             "ENVIRONMENT": "ANYTUN_RELAY_CRYPTO=auto|builtin|openssl: the C data plane's "
+             "crypto -- AES-NI and SHA-NI where the CPU has them (auto, the default; builtin "
+             "insists), or OpenSSL's libcrypto (openssl; auto on other CPUs). anytun-relay "
+             "status --json shows the choice.",
              "EXIT STATUS": "0 clean stop; 2 a mistake in options or configuration (one "
              "line on stderr); 1 another failure. A daemonizing anytun-relay exits only once "
              "every service runs, with the child's status if it could not start."},

@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         "'anytun-relay exabgp' is the announcer ExaBGP runs, 'anytun-relay check-config FILE' "
         "checks a configuration file. Every option also "
         "has a place in the --config file: its long name with _ for -, in the section "
-        "[process], [tunnel], [relay] or [cluster] of its group.",
+        "[process], [tunnel], [relay] or [cluster] of its group. Environment: "
+        "ANYTUN_RELAY_CRYPTO=openssl runs the C data plane's crypto on OpenSSL instead of "
+        "the CPU's AES-NI/SHA-NI.",
     )
     sections: dict[str, str] = {}
     for section, add in SECTIONS:
