@@ -61,13 +61,19 @@ def needs_openssl_digests(argv: list[str], config: dict | None = None) -> bool:
     return needs_tls(argv, config) or "python" in planes
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def keep_openssl_out(argv: list[str]) -> None:
+    """Before anything else is imported: block the ssl and _hashlib modules the command line
+    (and its --config file) will not need."""
     config = _config(argv)
     if not needs_tls(argv, config) and "ssl" not in sys.modules:
         sys.modules["ssl"] = None  # type: ignore[assignment]  # asyncio then skips TLS
     if not needs_openssl_digests(argv, config) and "_hashlib" not in sys.modules:
         sys.modules["_hashlib"] = None  # type: ignore[assignment]  # hashlib: Python's SHA
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    keep_openssl_out(argv)
     from relay.cli import main as cli_main
     return cli_main(argv)
 

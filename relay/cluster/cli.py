@@ -159,17 +159,17 @@ def _handover(args: argparse.Namespace) -> HandoverOptions | None:
     from relay.cluster import handover as ho
     if args.handover is None:
         raise ConfigError(f"--{given[0].replace('_', '-')} needs --handover ADDR")
-    ports = ho.DEFAULT_PORTS
+    ports = d.HANDOVER_PORTS
     if args.handover_ports:
         try:
             ports = ho.parse_range(args.handover_ports)
         except ho.HandoverError as exc:
             raise ConfigError(f"--handover-ports: {exc}") from None
     opts = ho.HandoverOptions(ho.check_address(args.handover), ports,
-                              args.handover_block or ho.DEFAULT_BLOCK,
-                              ho.DEFAULT_VNI if args.handover_vni is None else args.handover_vni,
-                              args.handover_udp_port or ho.DEFAULT_UDP_PORT,
-                              args.handover_table or ho.DEFAULT_TABLE)
+                              args.handover_block or d.HANDOVER_BLOCK,
+                              d.HANDOVER_VNI if args.handover_vni is None else args.handover_vni,
+                              args.handover_udp_port or d.HANDOVER_UDP_PORT,
+                              args.handover_table or d.HANDOVER_TABLE)
     if not 0 < opts.vni < 1 << 24:
         raise ConfigError(f"--handover-vni {opts.vni}: 1..16777215")
     if not 0 < opts.udp_port < 65536:

@@ -20,9 +20,8 @@ typedef struct fp_cipher_ops {
     void *(*ecb_new)(const uint8_t *key, int key_len);
     void (*ecb_free)(void *k);
     int (*ecb)(void *k, const uint8_t *in, uint8_t *out, int blocks);   /* 0, or -1 */
-    /* CTR under a key that changes with every packet; `ctr_new` makes the per-connection
-     * state it may need (NULL: none needed, or out of memory when `ctr_needs_state`). */
-    int ctr_needs_state;
+    /* CTR under a key that changes with every packet; `ctr_new`, where the implementation
+     * keeps per-connection state, makes it (NULL when out of memory). */
     void *(*ctr_new)(int key_len);
     void (*ctr_free)(void *c);
     void (*ctr)(void *c, const uint8_t *key, int key_len, const uint8_t iv[16], uint8_t *data,

@@ -118,7 +118,6 @@ static const fp_cipher_ops OPS = {
     .ecb_new = ecb_new,
     .ecb_free = evp_free,
     .ecb = ecb,
-    .ctr_needs_state = 1,
     .ctr_new = ctr_new,
     .ctr_free = evp_free,
     .ctr = ctr,

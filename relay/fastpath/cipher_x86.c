@@ -27,7 +27,8 @@ static const uint8_t RCON[10] = {0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80,
 
 X86 static uint32_t sub_word(uint32_t w) {
     /* AESKEYGENASSIST puts SubWord(dword 1) in dword 0 */
-    return (uint32_t)_mm_cvtsi128_si32(_mm_aeskeygenassist_si128(_mm_set_epi32(0, 0, (int)w, 0), 0));
+    __m128i v = _mm_aeskeygenassist_si128(_mm_set_epi32(0, 0, (int)w, 0), 0);
+    return (uint32_t)_mm_cvtsi128_si32(v);
 }
 
 /* AES-192's schedule word by word, as FIPS 197 states it: words as they lie in memory
@@ -289,7 +290,6 @@ static const fp_cipher_ops OPS = {
     .ecb_new = ecb_new,
     .ecb_free = ecb_free,
     .ecb = ecb,
-    .ctr_needs_state = 0,
     .ctr = ctr,
     .hmac_sha1 = hmac_sha1,
 };

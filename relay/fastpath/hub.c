@@ -18,7 +18,6 @@
 #include <time.h>
 #include <unistd.h>
 
-
 #include "cipher.h"
 #include "hub.h"
 
@@ -287,14 +286,14 @@ void hub_push_slow(hub_worker *w, uint16_t mux, uint16_t ptype, const uint8_t *p
     signal_python(h);
 }
 
-/* The same checks fp_satp_new makes, without building the AES key schedules (10,000 connections
- * load in milliseconds; the contexts come with the first packet). */
+/* The same checks fp_satp_new makes, without building the AES key schedules (10,000
+ * connections load in milliseconds; the schedules come with the first packet). */
 static const char *spec_error(const fp_hub_conn_spec *s) {
     const fp_suite *u = &s->suite;
     int c = u->cipher_key_len, k = u->kd_key_len;
-    if (c && c != 16 && c != 24 && c != 32)
+    if (c && !fp_aes_key_len_ok(c))
         return "cipher key length must be 0, 16, 24 or 32";
-    if (k && k != 16 && k != 24 && k != 32)
+    if (k && !fp_aes_key_len_ok(k))
         return "kd key length must be 0, 16, 24 or 32";
     if (u->tag_len < 0 || u->tag_len > FP_MAX_TAG || (!u->auth && u->tag_len))
         return "tag length must be 0..20, and 0 without auth";

@@ -23,6 +23,9 @@ size_t fp_seal_inplace(fp_satp *s, uint8_t *d, size_t len, uint32_t seq, uint16_
 /* Open in place: returns the payload length (payload at d + FP_DATA_OFF) or an error. */
 long fp_open_inplace(fp_satp *s, uint8_t *d, size_t len, fp_hdr *h);
 
+/* AES-128, -192 or -256: the key lengths SATP's cipher and key derivation take. */
+static inline bool fp_aes_key_len_ok(int n) { return n == 16 || n == 24 || n == 32; }
+
 static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static inline uint32_t rd32(const uint8_t *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];

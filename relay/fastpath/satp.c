@@ -30,8 +30,6 @@ struct fp_satp {
     void *ctr;                  /* the CTR state the implementation keeps, if any */
 };
 
-static int valid_key_len(int n) { return n == 16 || n == 24 || n == 32; }
-
 void fp_satp_free(fp_satp *s) {
     if (!s)
         return;
@@ -46,9 +44,9 @@ void fp_satp_free(fp_satp *s) {
 fp_satp *fp_satp_new(const fp_suite *suite, const uint8_t *master_key, size_t master_key_len,
                      const uint8_t *master_salt, int role, char *err, size_t errlen) {
     const char *why = NULL;
-    if (suite->cipher_key_len && !valid_key_len(suite->cipher_key_len))
+    if (suite->cipher_key_len && !fp_aes_key_len_ok(suite->cipher_key_len))
         why = "cipher key length must be 0, 16, 24 or 32";
-    else if (suite->kd_key_len && !valid_key_len(suite->kd_key_len))
+    else if (suite->kd_key_len && !fp_aes_key_len_ok(suite->kd_key_len))
         why = "kd key length must be 0, 16, 24 or 32";
     else if (suite->tag_len < 0 || suite->tag_len > FP_MAX_TAG || (!suite->auth && suite->tag_len))
         why = "tag length must be 0..20, and 0 without auth";
@@ -81,8 +79,7 @@ fp_satp *fp_satp_new(const fp_suite *suite, const uint8_t *master_key, size_t ma
         if (!(s->kd = ops->ecb_new(master_key, suite->kd_key_len)))
             goto fail;
     }
-    if (suite->cipher_key_len && ops->ctr_needs_state &&
-        !(s->ctr = ops->ctr_new(suite->cipher_key_len)))
+    if (suite->cipher_key_len && ops->ctr_new && !(s->ctr = ops->ctr_new(suite->cipher_key_len)))
         goto fail;
     return s;
 fail:

@@ -28,23 +28,23 @@ class Remote(NamedTuple):
         return f"{host}:{self.port}{suffix}"
 
 
-def resolve_host(host: str, families: tuple[int, ...], flags: int = 0) -> str:
-    """First address of `host` in the allowed families (numeric addresses pass through)."""
-    with contextlib.suppress(ValueError):  # a literal: no resolver (nor its IDNA codec)
+def literal_host(host: str, families: tuple[int, ...]) -> str | None:
+    """`host` itself when it is an address of an allowed family, else None: no resolver (nor
+    its IDNA codec), so it never blocks and may run on the event loop."""
+    with contextlib.suppress(ValueError):
         addr = ipaddress.ip_address(host)
         if addr.version in families:
             return str(addr)
+    return None
+
+
+def resolve_host(host: str, families: tuple[int, ...]) -> str:
+    """First address of `host` in the allowed families (numeric addresses pass through)."""
+    literal = literal_host(host, families)
+    if literal is not None:
+        return literal
     af = {(4,): socket.AF_INET, (6,): socket.AF_INET6}.get(families, socket.AF_UNSPEC)
-    infos = socket.getaddrinfo(host, None, af, socket.SOCK_DGRAM, 0, flags)
+    infos = socket.getaddrinfo(host, None, af, socket.SOCK_DGRAM)
     if not infos:
         raise OSError(f"{host}: no address")
     return infos[0][4][0]
-
-
-def literal_host(host: str, families: tuple[int, ...]) -> str | None:
-    """resolve_host's answer when `host` is an address, None for a name: AI_NUMERICHOST asks
-    no resolver, so it never blocks and may run on the event loop."""
-    try:
-        return resolve_host(host, families, socket.AI_NUMERICHOST)
-    except OSError:
-        return None

@@ -74,11 +74,7 @@ PROBE = """
 import json, sys
 from relay import main
 argv = sys.argv[1:]
-config = main._config(argv)   # the decisions of main.main, without running the program
-if not main.needs_tls(argv, config):
-    sys.modules["ssl"] = None
-if not main.needs_openssl_digests(argv, config):
-    sys.modules["_hashlib"] = None
+main.keep_openssl_out(argv)   # as the program does, without running it
 from relay import fastpath
 from relay.satp import MasterKey, Role, Suite
 import hashlib

@@ -32,8 +32,7 @@ PROBE = """
 import json, sys
 from relay import main
 argv = sys.argv[1:]
-if not main.needs_tls(argv):
-    sys.modules["ssl"] = None
+main.keep_openssl_out(argv)
 from relay import cli, node
 node.build(cli.settings_from_args(cli.build_parser().parse_args(argv)))
 print(json.dumps(sorted(m for m in sys.modules if sys.modules[m] is not None)))
